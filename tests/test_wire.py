@@ -1,0 +1,284 @@
+from __future__ import annotations
+
+import sys
+import tracemalloc
+from typing import TYPE_CHECKING
+
+import cbor2
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+from p2pdm import wire
+from p2pdm.wire import MAX_DEPTH, MAX_INT, MIN_INT, WireError, WireUsageError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+keys = st.one_of(st.integers(MIN_INT, MAX_INT), st.text(max_size=20))
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(MIN_INT, MAX_INT),
+    st.binary(max_size=64),
+    st.text(max_size=64),
+)
+values = st.recursive(
+    scalars,
+    lambda inner: st.one_of(st.lists(inner, max_size=6), st.dictionaries(keys, inner, max_size=6)),
+    max_leaves=40,
+)
+
+
+def depth(v: object) -> int:
+    if isinstance(v, list):
+        return 1 + max((depth(x) for x in v), default=0)
+    if isinstance(v, dict):
+        return 1 + max((max(depth(k), depth(x)) for k, x in v.items()), default=0)
+    return 0
+
+
+def same(a: object, b: object) -> bool:
+    """Equality that also tells bool from int (True == 1 in Python)."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, list):
+        assert isinstance(b, list)
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, dict):
+        assert isinstance(b, dict)
+        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    return a == b
+
+
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@given(values)
+def test_round_trip_every_schema_value(value: wire.Value) -> None:
+    assume(depth(value) <= MAX_DEPTH)
+    encoded = wire.encode(value)
+    assert same(wire.decode(encoded), value)
+    # cbor2 reads our bytes back the same, and encoding is deterministic.
+    assert same(cbor2.loads(encoded), value)
+    assert wire.encode(wire.decode(encoded)) == encoded
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.binary(max_size=200))
+def test_arbitrary_bytes_raise_only_wire_error(data: bytes) -> None:
+    try:
+        value = wire.decode(data)
+    except WireError:
+        return
+    # Whatever is accepted is canonical: it re-encodes to the same bytes.
+    assert wire.encode(value) == data
+
+
+@settings(max_examples=500, deadline=None)
+@given(values, st.data())
+def test_mutated_documents_raise_only_wire_error(value: wire.Value, data: st.DataObject) -> None:
+    assume(depth(value) <= MAX_DEPTH)
+    encoded = bytearray(wire.encode(value))
+    i = data.draw(st.integers(0, len(encoded) - 1))
+    encoded[i] = data.draw(st.integers(0, 255))
+    cut = data.draw(st.integers(0, len(encoded)))
+    for candidate in (bytes(encoded), bytes(encoded[:cut])):
+        try:
+            decoded = wire.decode(candidate)
+        except WireError:
+            continue
+        assert wire.encode(decoded) == candidate
+
+
+def _dag_bomb() -> bytes:
+    # Each level shares the previous one twice: ~150 bytes that a naive
+    # walker expands into 2^40 nodes.
+    node: list[object] = []
+    for _ in range(40):
+        node = [node, node]
+    return bytes(cbor2.dumps(node, value_sharing=True))
+
+
+def _cycle() -> bytes:
+    loop: list[object] = []
+    loop.append(loop)
+    return bytes(cbor2.dumps(loop, value_sharing=True))
+
+
+HOSTILE: dict[str, bytes] = {
+    "trailing bytes": bytes.fromhex("0102"),
+    "trailing garbage after map": bytes.fromhex("a0ffffffff"),
+    "duplicate map keys": bytes.fromhex("a2616101616102"),
+    "duplicate int keys": bytes.fromhex("a2010001ff"),
+    "map keys out of canonical order": bytes.fromhex("a2616201616101"),
+    "unknown tag": bytes.fromhex("d9ffff00"),
+    "shared reference cycle (tags 28/29)": _cycle(),
+    "shared reference DAG bomb (tags 28/29)": _dag_bomb(),
+    "string references (tags 25/256)": bytes(
+        cbor2.dumps(["abcdef", "abcdef", "abcdef"], string_referencing=True)
+    ),
+    "regular expression (tag 35)": bytes.fromhex("d823") + bytes(cbor2.dumps("(a+)+$")),
+    "MIME message (tag 36)": bytes.fromhex("d824") + bytes(cbor2.dumps("Subject: x\n\nhi")),
+    "bignum (tag 2)": bytes.fromhex("c249010000000000000000"),
+    "datetime (tag 0)": bytes.fromhex("c074323031332d30332d32315432303a30343a30305a"),
+    "self-describe tag": bytes.fromhex("d9d9f7a0"),
+    "run of empty arrays": b"\x99\xea\x60" + b"\x80" * 60000,
+    "run of empty maps": b"\x99\xea\x60" + b"\xa0" * 60000,
+    "array of 2^32 items in 9 bytes": bytes.fromhex("9b0000000100000000"),
+    "byte string of 2^64-1 bytes": bytes.fromhex("5bffffffffffffffff"),
+    "map of 2^32 entries": bytes.fromhex("bb0000000100000000"),
+    "indefinite array": bytes.fromhex("9f01ff"),
+    "indefinite map": bytes.fromhex("bf616101ff"),
+    "indefinite byte string": bytes.fromhex("5f4101ff"),
+    "indefinite text": bytes.fromhex("7f6161ff"),
+    "half float": bytes.fromhex("f93c00"),
+    "double float": bytes.fromhex("fb3ff0000000000000"),
+    "undefined": bytes.fromhex("f7"),
+    "simple value 255": bytes.fromhex("f8ff"),
+    "non-canonical integer": bytes.fromhex("1805"),
+    "non-canonical length": bytes.fromhex("580141"),
+    "reserved additional info": bytes.fromhex("1c"),
+    "deep nesting": b"\x81" * 10000 + b"\x00",
+    "invalid utf-8": bytes.fromhex("62fffe"),
+    "byte string map key": bytes.fromhex("a14100f6"),
+    "array map key": bytes.fromhex("a180f6"),
+    "oversized document": b"\x5a\x00\x01\x11\x70" + b"\x00" * 70000,
+    "truncated": bytes.fromhex("8301"),
+    "empty input": b"",
+}
+
+
+@pytest.mark.parametrize("name", list(HOSTILE))
+def test_hostile_corpus_is_refused_cheaply(name: str) -> None:
+    data = HOSTILE[name]
+    calls = 0
+
+    def count(frame: object, event: str, arg: object) -> None:
+        nonlocal calls
+        if event == "call":
+            calls += 1
+
+    tracemalloc.start()
+    sys.setprofile(count)
+    try:
+        with pytest.raises(WireError):
+            wire.decode(data)
+    finally:
+        sys.setprofile(None)
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+    # Deterministic work bounds instead of wall-clock ones: refusing costs a
+    # bounded number of calls and no allocation proportional to a claim.
+    # (scripts/bench_crypto.py prints the time each item takes.)
+    assert calls <= 8 * wire.MAX_ITEMS, f"{name}: {calls} calls"
+    assert peak <= 2 * len(data) + 2 * 1024 * 1024, f"{name}: peak {peak} bytes"
+
+
+def test_hostile_corpus_is_really_hostile_to_cbor2() -> None:
+    # The corpus is not a straw man: cbor2's lenient defaults accept these.
+    assert cbor2.loads(HOSTILE["trailing bytes"]) == 1
+    assert cbor2.loads(HOSTILE["duplicate map keys"]) == {"a": 2}
+    assert isinstance(cbor2.loads(HOSTILE["unknown tag"]), cbor2.CBORTag)
+    bomb = cbor2.loads(HOSTILE["shared reference DAG bomb (tags 28/29)"])
+    assert bomb[0] is bomb[1]
+
+
+def test_declared_huge_array_allocates_nothing_large() -> None:
+    tracemalloc.start()
+    try:
+        with pytest.raises(WireError, match="declares 4294967296 items"):
+            wire.decode(bytes.fromhex("9b0000000100000000"))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 * 1024
+
+
+def test_errors_name_the_problem() -> None:
+    with pytest.raises(WireError, match="trailing"):
+        wire.decode(bytes.fromhex("0102"))
+    with pytest.raises(WireError, match="duplicate map key"):
+        wire.decode(HOSTILE["duplicate map keys"])
+    with pytest.raises(WireError, match=r"tags are not allowed \(tag 28\)"):
+        wire.decode(HOSTILE["shared reference cycle (tags 28/29)"])
+    with pytest.raises(WireError, match="nesting too deep"):
+        wire.decode(b"\x81" * (MAX_DEPTH + 1) + b"\x00")
+    assert wire.decode(b"\x81" * MAX_DEPTH + b"\x00") is not None
+
+
+@pytest.mark.parametrize(
+    ("value", "why"),
+    [
+        (1.5, "float"),
+        (2**64, "64 bits"),
+        (-(2**64) - 1, "64 bits"),
+        ((1, 2), "tuple"),
+        ({b"k": 1}, "map keys"),
+        ({True: 1}, "map keys"),
+        ([[]] * 0 + [[[[[[[[[[[[[[[[[[]]]]]]]]]]]]]]]]]], "deeper"),
+        (b"x" * 70000, "over 65535"),
+    ],
+)
+def test_encode_refuses_what_the_schema_cannot_carry(value: object, why: str) -> None:
+    with pytest.raises(WireUsageError, match=why):
+        wire.encode(value)  # type: ignore[arg-type]
+
+
+def test_schema_helpers() -> None:
+    m = wire.as_map({"a": 1, "b": b"xy"}, "thing", required={"a"}, optional={"b"})
+    assert wire.field_int(m, "a", "thing", lo=0, hi=5) == 1
+    assert wire.field_bytes(m, "b", "thing", size=2) == b"xy"
+    with pytest.raises(WireError, match="thing lacks field"):
+        wire.as_map({}, "thing", required={"a"})
+    with pytest.raises(WireError, match="unknown field"):
+        wire.as_map({"a": 1, "z": 2}, "thing", required={"a"})
+    with pytest.raises(WireError, match="must be a map"):
+        wire.as_map([1], "thing", required=())
+    with pytest.raises(WireError, match=r"outside 0\.\.5"):
+        wire.field_int({"a": 9}, "a", "thing", lo=0, hi=5)
+    with pytest.raises(WireError, match="must be an integer"):
+        wire.field_int({"a": True}, "a", "thing", lo=0, hi=5)
+    with pytest.raises(WireError, match="must be 3 bytes"):
+        wire.field_bytes({"b": b"xy"}, "b", "thing", size=3)
+    with pytest.raises(WireError, match="over 3"):
+        wire.field_text({"t": "abcd"}, "t", "thing", max_len=3)
+
+
+# --- frames -----------------------------------------------------------------
+
+
+def _feed_in_chunks(reader: wire.FrameReader, data: bytes, chunk: int) -> list[bytes]:
+    out: list[bytes] = []
+    for i in range(0, len(data), chunk):
+        reader.feed(data[i : i + chunk])
+        out.extend(reader.frames())
+    return out
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 7, 1000, 200_000])
+def test_frames_survive_any_split(chunk: int) -> None:
+    payloads = [b"", b"a", b"hello" * 10, bytes(range(256)) * 10, b"z" * wire.MAX_FRAME_PAYLOAD]
+    stream = b"".join(wire.encode_frame(p) for p in payloads)
+    reader = wire.FrameReader()
+    feed: Callable[[wire.FrameReader, bytes, int], list[bytes]] = _feed_in_chunks
+    if chunk > wire.MAX_FRAME_BUFFER:
+        chunk = wire.MAX_FRAME_BUFFER
+    assert feed(reader, stream, chunk) == payloads
+    assert reader.buffered == 0
+
+
+def test_frame_payload_limit() -> None:
+    with pytest.raises(WireUsageError, match="over 65535"):
+        wire.encode_frame(b"x" * (wire.MAX_FRAME_PAYLOAD + 1))
+
+
+def test_largest_declared_frame_is_bounded() -> None:
+    # The biggest length a peer can declare is 65535: a reader waiting for
+    # it holds one frame's worth, and refuses to be fed past its buffer.
+    reader = wire.FrameReader()
+    reader.feed(b"\xff\xff" + b"x" * 100)
+    assert list(reader.frames()) == []
+    reader.feed(b"x" * (wire.MAX_FRAME_PAYLOAD - 100))
+    assert [len(f) for f in reader.frames()] == [wire.MAX_FRAME_PAYLOAD]
+    reader.feed(b"\x00\x05" + b"y" * (wire.MAX_FRAME_BUFFER - 2))
+    with pytest.raises(WireUsageError, match="drain"):
+        reader.feed(b"y")
