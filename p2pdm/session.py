@@ -1,0 +1,305 @@
+"""The peer session protocol, after the handshake (sans-IO).
+
+Each transport frame carries one CBOR map with a type code "t":
+
+    HELLO  {"t": 1, "window": int, "relay": bool, "features": [text], "agent": text}
+    PUSH   {"t": 2, "n": seq, "env": envelope bytes}
+    ACK    {"t": 3, "n": seq, "s": AckStatus, "r"?: reason}
+    PING   {"t": 4, "n": nonce}
+    PONG   {"t": 5, "n": nonce}
+    BYE    {"t": 6, "r": reason}
+
+Both sides send HELLO first; nothing else is accepted before it. PUSH
+sequence numbers start at 0 and go up by one per push in each direction.
+A hop acknowledges a push only once it is committed to its store (the
+caller decides when: `ack()` just encodes). Flow control: each side grants
+a window in its HELLO; a sender never has more unacknowledged pushes than
+the peer's window, and a peer that exceeds ours is disconnected, so a fast
+sender cannot make a slow receiver buffer without bound.
+
+Like h11, this class never touches a socket or a clock: `receive(frame)`
+returns events, the methods that send return the bytes to encrypt and send.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum, IntEnum
+
+from p2pdm import wire
+
+# Pushes a receiver lets a peer have in flight. 64 envelopes of up to 60 KiB
+# bound one connection's unacknowledged data near 4 MiB, and at ~1 ms per
+# group commit keep a loopback link busy.
+DEFAULT_WINDOW = 64
+MAX_WINDOW = 1024
+MAX_FEATURES = 32
+MAX_FEATURE_LEN = 32
+MAX_AGENT_LEN = 64
+MAX_REASON_LEN = 200
+# A frame holds one Noise transport message's plaintext.
+MAX_FRAME_PLAINTEXT = 65535 - 16
+MAX_SEQ = (1 << 63) - 1
+
+
+class FrameType(IntEnum):
+    HELLO = 1
+    """First frame each way: window, relay role, features."""
+    PUSH = 2
+    """One envelope, numbered."""
+    ACK = 3
+    """A pushed envelope is committed (or refused) by this hop."""
+    PING = 4
+    """Keepalive probe; the peer answers PONG with the same nonce."""
+    PONG = 5
+    """Answer to PING."""
+    BYE = 6
+    """Orderly close, with a reason a person can read."""
+
+
+class AckStatus(IntEnum):
+    STORED = 0
+    """Committed now: this hop has it."""
+    DUPLICATE = 1
+    """Already had it (same message id): the sender can stop sending it here."""
+    REFUSED = 2
+    """Will not take it (bad, expired, blocked, over quota, not relaying): see reason."""
+
+
+class State(Enum):
+    AWAIT_HELLO = "await-hello"
+    """Our HELLO may be sent; the peer's has not arrived."""
+    OPEN = "open"
+    """Both HELLOs exchanged: pushes flow."""
+    CLOSED = "closed"
+    """BYE sent or received, or a protocol error: nothing more is processed."""
+
+
+class SessionError(Exception):
+    """The peer broke the protocol; the caller should send `bye_frame` and close."""
+
+
+class SessionUsageError(Exception):
+    """Local misuse (a bug in the caller)."""
+
+
+class WindowFull(SessionUsageError):
+    """The peer's window is full: wait for an ACK before pushing more."""
+
+
+@dataclass(frozen=True)
+class Hello:
+    window: int
+    relay: bool
+    features: tuple[str, ...]
+    agent: str
+
+
+@dataclass(frozen=True)
+class HelloReceived:
+    hello: Hello
+
+
+@dataclass(frozen=True)
+class PushReceived:
+    seq: int
+    envelope: bytes
+
+
+@dataclass(frozen=True)
+class AckReceived:
+    seq: int
+    status: AckStatus
+    reason: str
+
+
+@dataclass(frozen=True)
+class PingReceived:
+    nonce: int
+
+
+@dataclass(frozen=True)
+class PongReceived:
+    nonce: int
+
+
+@dataclass(frozen=True)
+class ByeReceived:
+    reason: str
+
+
+Event = HelloReceived | PushReceived | AckReceived | PingReceived | PongReceived | ByeReceived
+
+
+class Session:
+    """One side of a session. Not thread-safe; one owner task drives it."""
+
+    def __init__(self, hello: Hello) -> None:
+        if not 1 <= hello.window <= MAX_WINDOW:
+            raise SessionUsageError(f"window must be in 1..{MAX_WINDOW}")
+        self.state = State.AWAIT_HELLO
+        self._our_hello = hello
+        self.peer_hello: Hello | None = None
+        self._hello_sent = False
+        self._next_send_seq = 0
+        self._next_recv_seq = 0
+        self._in_flight: set[int] = set()  # our pushes the peer has not acked
+        self._unacked: set[int] = set()  # peer pushes we have not acked yet
+
+    # --- sending ----------------------------------------------------------
+
+    def hello_frame(self) -> bytes:
+        if self._hello_sent:
+            raise SessionUsageError("HELLO already sent")
+        self._hello_sent = True
+        h = self._our_hello
+        return wire.encode(
+            {
+                "t": FrameType.HELLO,
+                "window": h.window,
+                "relay": h.relay,
+                "features": list(h.features),
+                "agent": h.agent,
+            }
+        )
+
+    @property
+    def send_window_free(self) -> int:
+        """How many more pushes the peer accepts right now."""
+        if self.state is not State.OPEN or self.peer_hello is None:
+            return 0
+        return self.peer_hello.window - len(self._in_flight)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._in_flight)
+
+    def push_frame(self, envelope: bytes) -> tuple[int, bytes]:
+        """Number and encode one push; returns (seq, frame)."""
+        self._require_open()
+        if self.send_window_free <= 0:
+            raise WindowFull("the peer's window is full; wait for an ACK")
+        seq = self._next_send_seq
+        frame = wire.encode({"t": FrameType.PUSH, "n": seq, "env": envelope})
+        if len(frame) > MAX_FRAME_PLAINTEXT:
+            raise SessionUsageError(f"push of {len(frame)} bytes does not fit in one frame")
+        self._next_send_seq += 1
+        self._in_flight.add(seq)
+        return seq, frame
+
+    def ack_frame(self, seq: int, status: AckStatus, reason: str = "") -> bytes:
+        """Acknowledge the peer's push `seq` (after committing it, if stored)."""
+        self._require_open()
+        if seq not in self._unacked:
+            raise SessionUsageError(f"push {seq} is not waiting for an ACK")
+        self._unacked.discard(seq)
+        doc: dict[wire.Key, wire.Value] = {"t": FrameType.ACK, "n": seq, "s": status}
+        if reason:
+            doc["r"] = reason[:MAX_REASON_LEN]
+        return wire.encode(doc)
+
+    def ping_frame(self, nonce: int) -> bytes:
+        self._require_open()
+        return wire.encode({"t": FrameType.PING, "n": nonce})
+
+    def pong_frame(self, nonce: int) -> bytes:
+        self._require_open()
+        return wire.encode({"t": FrameType.PONG, "n": nonce})
+
+    def bye_frame(self, reason: str) -> bytes:
+        """The last frame: say why, then close. Valid in any state."""
+        self.state = State.CLOSED
+        return wire.encode({"t": FrameType.BYE, "r": reason[:MAX_REASON_LEN]})
+
+    def _require_open(self) -> None:
+        if self.state is not State.OPEN:
+            raise SessionUsageError(f"session is {self.state.value}, not open")
+
+    # --- receiving --------------------------------------------------------
+
+    def receive(self, frame: bytes) -> Event:
+        """Parse one decrypted frame from the peer into an event.
+
+        Raises SessionError (and moves to CLOSED) for anything the protocol
+        does not allow; no other exception escapes for any input.
+        """
+        if self.state is State.CLOSED:
+            raise SessionUsageError("session is closed")
+        try:
+            return self._receive(frame)
+        except wire.WireError as exc:
+            self.state = State.CLOSED
+            raise SessionError(f"malformed frame: {exc}") from None
+        except SessionError:
+            self.state = State.CLOSED
+            raise
+
+    def _receive(self, frame: bytes) -> Event:
+        doc = wire.decode(frame, max_size=MAX_FRAME_PLAINTEXT, max_depth=2)
+        if not isinstance(doc, dict) or "t" not in doc:
+            raise SessionError("frame is not a map with a type")
+        kind = wire.field_int({"t": doc["t"]}, "t", "frame", lo=0, hi=255)
+        if kind == FrameType.BYE:
+            fields = wire.as_map(doc, "BYE", required={"t", "r"})
+            self.state = State.CLOSED
+            return ByeReceived(wire.field_text(fields, "r", "BYE", max_len=MAX_REASON_LEN))
+        if self.state is State.AWAIT_HELLO:
+            if kind != FrameType.HELLO:
+                raise SessionError("the first frame must be HELLO")
+            return self._got_hello(doc)
+        if kind == FrameType.PUSH:
+            return self._got_push(doc)
+        if kind == FrameType.ACK:
+            return self._got_ack(doc)
+        if kind in (FrameType.PING, FrameType.PONG):
+            fields = wire.as_map(doc, "PING", required={"t", "n"})
+            nonce = wire.field_int(fields, "n", "PING", lo=0, hi=MAX_SEQ)
+            return PingReceived(nonce) if kind == FrameType.PING else PongReceived(nonce)
+        if kind == FrameType.HELLO:
+            raise SessionError("HELLO sent twice")
+        raise SessionError(f"unknown frame type {kind}")
+
+    def _got_hello(self, doc: dict[wire.Key, wire.Value]) -> HelloReceived:
+        if not self._hello_sent:
+            raise SessionUsageError("send our HELLO before processing the peer's")
+        fields = wire.as_map(doc, "HELLO", required={"t", "window", "relay", "features", "agent"})
+        window = wire.field_int(fields, "window", "HELLO", lo=1, hi=MAX_WINDOW)
+        relay = fields["relay"]
+        if not isinstance(relay, bool):
+            raise SessionError("HELLO.relay must be true or false")
+        features = fields["features"]
+        if not isinstance(features, list) or len(features) > MAX_FEATURES:
+            raise SessionError(f"HELLO.features must be a list of at most {MAX_FEATURES}")
+        if not all(isinstance(f, str) and len(f) <= MAX_FEATURE_LEN for f in features):
+            raise SessionError(f"HELLO.features are texts of at most {MAX_FEATURE_LEN}")
+        agent = wire.field_text(fields, "agent", "HELLO", max_len=MAX_AGENT_LEN)
+        hello = Hello(window, relay, tuple(str(f) for f in features), agent)
+        self.peer_hello = hello
+        self.state = State.OPEN
+        return HelloReceived(hello)
+
+    def _got_push(self, doc: dict[wire.Key, wire.Value]) -> PushReceived:
+        fields = wire.as_map(doc, "PUSH", required={"t", "n", "env"})
+        seq = wire.field_int(fields, "n", "PUSH", lo=0, hi=MAX_SEQ)
+        if seq != self._next_recv_seq:
+            raise SessionError(f"PUSH {seq} out of order (expected {self._next_recv_seq})")
+        if len(self._unacked) >= self._our_hello.window:
+            raise SessionError(
+                f"peer exceeded the flow-control window of {self._our_hello.window} pushes"
+            )
+        envelope = wire.field_bytes(fields, "env", "PUSH", max_size=MAX_FRAME_PLAINTEXT)
+        self._next_recv_seq += 1
+        self._unacked.add(seq)
+        return PushReceived(seq, envelope)
+
+    def _got_ack(self, doc: dict[wire.Key, wire.Value]) -> AckReceived:
+        fields = wire.as_map(doc, "ACK", required={"t", "n", "s"}, optional={"r"})
+        seq = wire.field_int(fields, "n", "ACK", lo=0, hi=MAX_SEQ)
+        status = wire.field_int(fields, "s", "ACK", lo=0, hi=max(AckStatus))
+        reason = (
+            wire.field_text(fields, "r", "ACK", max_len=MAX_REASON_LEN) if "r" in fields else ""
+        )
+        if seq not in self._in_flight:
+            raise SessionError(f"ACK for push {seq}, which is not in flight")
+        self._in_flight.discard(seq)
+        return AckReceived(seq, AckStatus(status), reason)

@@ -1,0 +1,160 @@
+from __future__ import annotations
+
+import pytest
+
+from p2pdm import wire
+from p2pdm.session import (
+    AckReceived,
+    AckStatus,
+    ByeReceived,
+    Hello,
+    HelloReceived,
+    PingReceived,
+    PongReceived,
+    PushReceived,
+    Session,
+    SessionError,
+    SessionUsageError,
+    State,
+    WindowFull,
+)
+
+
+def make_pair(window_a: int = 4, window_b: int = 4) -> tuple[Session, Session]:
+    a = Session(Hello(window_a, True, ("relay",), "test-a"))
+    b = Session(Hello(window_b, False, (), "test-b"))
+    ha, hb = a.hello_frame(), b.hello_frame()
+    ev = b.receive(ha)
+    assert isinstance(ev, HelloReceived)
+    assert ev.hello == Hello(window_a, True, ("relay",), "test-a")
+    assert isinstance(a.receive(hb), HelloReceived)
+    assert a.state is State.OPEN
+    assert b.state is State.OPEN
+    return a, b
+
+
+def test_push_and_ack() -> None:
+    a, b = make_pair()
+    _seq, frame = a.push_frame(b"envelope-1")
+    ev = b.receive(frame)
+    assert ev == PushReceived(0, b"envelope-1")
+    assert a.in_flight == 1
+    ack = b.ack_frame(ev.seq, AckStatus.STORED)
+    assert a.receive(ack) == AckReceived(0, AckStatus.STORED, "")
+    assert a.in_flight == 0
+
+
+def test_sender_respects_the_peers_window() -> None:
+    a, b = make_pair(window_b=3)
+    frames = [a.push_frame(b"e%d" % i)[1] for i in range(3)]
+    assert a.send_window_free == 0
+    with pytest.raises(WindowFull):
+        a.push_frame(b"too many")
+    events = [b.receive(f) for f in frames]
+    assert all(isinstance(e, PushReceived) for e in events)
+    a.receive(b.ack_frame(1, AckStatus.DUPLICATE))
+    assert a.send_window_free == 1
+    a.push_frame(b"fits now")
+
+
+def test_peer_exceeding_our_window_is_a_protocol_error() -> None:
+    """A hostile sender ignores the window: we disconnect instead of buffering."""
+    _, b = make_pair(window_b=2)
+    for n in range(2):
+        b.receive(wire.encode({"t": 2, "n": n, "env": b"x"}))
+    with pytest.raises(SessionError, match="flow-control window of 2"):
+        b.receive(wire.encode({"t": 2, "n": 2, "env": b"x"}))
+    assert b.state is State.CLOSED
+
+
+def test_out_of_order_push_is_refused() -> None:
+    _, b = make_pair()
+    with pytest.raises(SessionError, match="out of order"):
+        b.receive(wire.encode({"t": 2, "n": 5, "env": b"x"}))
+
+
+def test_ack_for_unknown_push_is_refused() -> None:
+    a, _ = make_pair()
+    with pytest.raises(SessionError, match="not in flight"):
+        a.receive(wire.encode({"t": 3, "n": 0, "s": 0}))
+
+
+def test_refusal_carries_a_reason() -> None:
+    a, b = make_pair()
+    _, frame = a.push_frame(b"bad")
+    b.receive(frame)
+    ev = a.receive(b.ack_frame(0, AckStatus.REFUSED, "relay full"))
+    assert ev == AckReceived(0, AckStatus.REFUSED, "relay full")
+
+
+def test_ping_pong_and_bye() -> None:
+    a, b = make_pair()
+    assert b.receive(a.ping_frame(7)) == PingReceived(7)
+    assert a.receive(b.pong_frame(7)) == PongReceived(7)
+    assert b.receive(a.bye_frame("shutting down")) == ByeReceived("shutting down")
+    assert a.state is State.CLOSED
+    assert b.state is State.CLOSED
+    with pytest.raises(SessionUsageError):
+        a.push_frame(b"x")
+
+
+def test_nothing_before_hello() -> None:
+    a = Session(Hello(4, False, (), "x"))
+    a.hello_frame()
+    with pytest.raises(SessionError, match="first frame must be HELLO"):
+        a.receive(wire.encode({"t": 4, "n": 1}))
+
+
+def test_bye_is_accepted_before_hello() -> None:
+    a = Session(Hello(4, False, (), "x"))
+    assert a.receive(wire.encode({"t": 6, "r": "version"})) == ByeReceived("version")
+
+
+@pytest.mark.parametrize(
+    ("doc", "why"),
+    [
+        ({"t": 1, "window": 0, "relay": True, "features": [], "agent": ""}, "window"),
+        ({"t": 1, "window": 5, "relay": 1, "features": [], "agent": ""}, "relay"),
+        ({"t": 1, "window": 5, "relay": True, "features": "x", "agent": ""}, "features"),
+        ({"t": 1, "window": 5, "relay": True, "features": [1], "agent": ""}, "features"),
+        ({"t": 1, "window": 5, "relay": True, "features": [], "agent": "a" * 65}, "agent"),
+        ({"t": 1, "window": 5, "relay": True, "features": []}, "lacks"),
+        ({"window": 5}, "type"),
+        ([1, 2], "type"),
+    ],
+)
+def test_bad_hello_says_why(doc: wire.Value, why: str) -> None:
+    a = Session(Hello(4, False, (), "x"))
+    a.hello_frame()
+    with pytest.raises(SessionError, match=why):
+        a.receive(wire.encode(doc))
+    assert a.state is State.CLOSED
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [b"", b"\xff", b"\xa1\x61t\x09", wire.encode({"t": 99}), wire.encode({"t": 1, "x": 1})],
+)
+def test_garbage_after_hello_is_a_session_error(frame: bytes) -> None:
+    a, _ = make_pair()
+    with pytest.raises(SessionError):
+        a.receive(frame)
+
+
+def test_hello_twice() -> None:
+    a, _b = make_pair()
+    with pytest.raises(SessionError, match="HELLO sent twice"):
+        a.receive(wire.encode({"t": 1, "window": 5, "relay": True, "features": [], "agent": ""}))
+
+
+def test_usage_errors() -> None:
+    a = Session(Hello(4, False, (), "x"))
+    with pytest.raises(SessionUsageError):
+        a.push_frame(b"x")  # not open yet
+    with pytest.raises(SessionUsageError, match="send our HELLO"):
+        a.receive(Session(Hello(1, False, (), "y")).hello_frame())
+    with pytest.raises(SessionUsageError):
+        Session(Hello(0, False, (), "x"))
+    _a2, b2 = make_pair()
+    with pytest.raises(SessionUsageError, match="not waiting"):
+        b2.ack_frame(0, AckStatus.STORED)
