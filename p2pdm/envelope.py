@@ -21,6 +21,7 @@ parsed.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass
 from enum import IntEnum
@@ -87,6 +88,18 @@ class Message:
     body: wire.Value
 
 
+# The ed25519->x25519 conversion and the box objects cost tens of µs each;
+# a node talks to few peers, so a small cache removes them from the hot path.
+@functools.lru_cache(maxsize=1024)
+def _seal_box(recipient: NodeId) -> nacl.public.SealedBox[nacl.public.PublicKey]:
+    return nacl.public.SealedBox(nacl.public.PublicKey(recipient.x25519_public_key()))
+
+
+@functools.lru_cache(maxsize=16)
+def _open_box(me: Identity) -> nacl.public.SealedBox[nacl.public.PrivateKey]:
+    return nacl.public.SealedBox(nacl.public.PrivateKey(me.x25519_private_key))
+
+
 def compute_message_id(version: int, recipient: bytes, expires_ms: int, ciphertext: bytes) -> bytes:
     content = wire.encode({"v": version, "to": recipient, "exp": expires_ms, "ct": ciphertext})
     return hashlib.blake2b(content, digest_size=MESSAGE_ID_LEN, person=_ID_PERSON).digest()
@@ -144,7 +157,7 @@ def seal(
     inner = wire.encode(
         {"from": sender.node_id.public_key, "sig": sender.sign(SIGN_CONTEXT + msg), "msg": msg}
     )
-    box = nacl.public.SealedBox(nacl.public.PublicKey(recipient.x25519_public_key()))
+    box = _seal_box(recipient)
     ciphertext = box.encrypt(inner)
     message_id = compute_message_id(ENVELOPE_VERSION, recipient.public_key, expires_ms, ciphertext)
     return wire.encode(
@@ -196,7 +209,7 @@ def open_envelope(me: Identity, data: bytes, *, now_ms: int | None = None) -> Me
         raise EnvelopeError(f"envelope is addressed to {outer.recipient.short()}, not to this node")
     if now_ms is not None and outer.expires_ms <= now_ms:
         raise EnvelopeError("envelope has expired")
-    box = nacl.public.SealedBox(nacl.public.PrivateKey(me.x25519_private_key))
+    box = _open_box(me)
     try:
         inner_bytes = box.decrypt(outer.ciphertext)
     except nacl.exceptions.CryptoError:

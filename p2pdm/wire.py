@@ -182,6 +182,8 @@ class _Decoder:
             # is a lie, refused before a single element is built.
             if arg > self.remaining():
                 raise self.fail(f"array declares {arg} items but {self.remaining()} bytes are left")
+            if arg > self.items_left:
+                raise self.fail(f"array declares {arg} items, over the document's item limit")
             self.enter()
             items = [self.item() for _ in range(arg)]
             self.depth_left += 1
@@ -189,6 +191,8 @@ class _Decoder:
         if major == _MAJOR_MAP:
             if arg * 2 > self.remaining():
                 raise self.fail(f"map declares {arg} entries but {self.remaining()} bytes are left")
+            if arg * 2 > self.items_left:
+                raise self.fail(f"map declares {arg} entries, over the document's item limit")
             self.enter()
             result = self.map_entries(arg)
             self.depth_left += 1
@@ -331,7 +335,7 @@ class FrameReader:
     def __init__(self) -> None:
         self._buffer = bytearray()
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes | bytearray) -> None:
         if len(self._buffer) + len(data) > MAX_FRAME_BUFFER:
             raise WireUsageError("FrameReader is full: drain frames() before feeding more")
         self._buffer += data
