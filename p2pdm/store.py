@@ -1,0 +1,1433 @@
+"""Durable node state in one SQLite file: seen ids, inbox, outbox, contacts, peers.
+
+Synchronous, for one thread at a time: the daemon calls it from worker
+threads (not always the same one, so the connection is opened with
+`check_same_thread=False`). Calls are serialised by a lock that a
+transaction holds for its whole block, so a call from a second thread waits
+for the batch to commit instead of reading or writing into the middle of it.
+It has no clock of its own: every method that needs the time takes `now_ms`.
+
+Transactions. Outside `with store.transaction():` every mutating method is
+its own transaction and has committed when it returns. Inside one, nothing
+is durable until the `with` block exits normally: the daemon batches many
+operations (group commit, one fsync for all of them) and acknowledges them
+only after the block. Each method is atomic even inside a batch (it runs in
+a savepoint), so a caller that catches a StoreError and carries on does not
+commit half of a method.
+
+Time stamps are integer milliseconds since the Unix epoch. Node ids are
+stored as their 32-byte public keys, message ids as their 32 bytes, bodies
+as canonical CBOR (`wire.encode`).
+
+sqlite3 is imported by this module only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import sqlite3
+import threading
+import unicodedata
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
+
+from p2pdm import wire
+from p2pdm.identity import NODE_ID_TEXT_LEN, IdentityError, NodeId, is_node_id_like
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Iterator, Sequence
+
+    # Type only: the store sits below the envelope layer and never calls it.
+    from p2pdm.envelope import Message
+
+# --- limits and constants ---------------------------------------------------
+
+# Same as envelope.MESSAGE_ID_LEN (BLAKE2b-256); repeated so the store does
+# not import a layer above it. A test checks they agree.
+MESSAGE_ID_LEN = 32
+# Integer milliseconds below 2^53, as envelopes and the local API carry them.
+MAX_TIME_MS = (1 << 53) - 1
+# A sender's clock may be ahead of ours; more than a day ahead is a wrong
+# clock or a message crafted to sort first, so it is refused.
+MAX_FUTURE_SKEW_MS = 24 * 3600 * 1000
+# Seen ids outlive their envelope's expiry by this much. After it, a replay
+# of the envelope is refused as EXPIRED by the expiry check, so the id is no
+# longer needed; the grace covers our own clock being stepped back (NTP
+# correcting a fast clock) by up to this much after we purged.
+SEEN_GRACE_MS = 24 * 3600 * 1000
+# Addresses kept per peer: plenty for a laptop's interfaces and a few past
+# networks, and a hostile peer or mDNS responder cannot grow the table.
+MAX_ADDRESSES_PER_PEER = 16
+# Peers kept in all: the design's mesh is tens to a few hundred nodes, and
+# peer exchange or mDNS from a hostile node must not grow the table forever.
+MAX_PEERS = 4096
+# Longest DNS name; IP literals are shorter.
+MAX_HOST_LEN = 253
+# A contact name is a label for a person, not a document.
+MAX_CONTACT_NAME_LEN = 64
+# Shortest node-id prefix resolve_peer accepts: 20 bits, unique among a few
+# hundred peers, still typeable.
+MIN_PREFIX_LEN = 4
+# Small node state only (settings, cursors); blobs belong elsewhere.
+MAX_META_KEY_LEN = 64
+MAX_META_VALUE_SIZE = 64 * 1024
+# Wait this long for another connection's lock (a `p2pdm` command reading the
+# database while the daemon writes) before failing with "database is locked".
+BUSY_TIMEOUT_MS = 5000
+# A call from a second thread waits this long for a running batch; longer
+# than any batch takes even on a slow disk, so hitting it means a stuck caller.
+LOCK_WAIT_S = 60.0
+# Upsert (INSERT ... ON CONFLICT DO ...) needs SQLite 3.24.
+MIN_SQLITE_VERSION = (3, 24, 0)
+# "p2dm" in PRAGMA application_id tells our files from other SQLite files.
+APPLICATION_ID = int.from_bytes(b"p2dm", "big")
+
+# Migrations, in order: entry i takes the schema from version i to i + 1.
+# Never edit one that has shipped; append a new one. Each runs in its own
+# transaction together with the version bump. (A migration that rebuilds a
+# table with foreign keys must run with foreign_keys off; none does yet.)
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE meta (
+        key TEXT PRIMARY KEY,
+        value BLOB NOT NULL
+    ) WITHOUT ROWID;
+
+    -- Every message id ever accepted, until its expiry plus a grace.
+    CREATE TABLE seen (
+        message_id BLOB PRIMARY KEY CHECK (length(message_id) = 32),
+        expires_ms INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX seen_by_expiry ON seen (expires_ms);
+
+    -- seq never repeats (AUTOINCREMENT), so "rows after seq N" follows the inbox.
+    CREATE TABLE inbox (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        message_id BLOB NOT NULL UNIQUE CHECK (length(message_id) = 32),
+        sender BLOB NOT NULL CHECK (length(sender) = 32),
+        recipient BLOB NOT NULL CHECK (length(recipient) = 32),
+        ts_ms INTEGER NOT NULL,
+        expires_ms INTEGER NOT NULL,
+        received_ms INTEGER NOT NULL,
+        kind INTEGER NOT NULL,
+        body BLOB NOT NULL,
+        envelope BLOB NOT NULL,
+        read INTEGER NOT NULL DEFAULT 0 CHECK (read IN (0, 1))
+    );
+    CREATE INDEX inbox_by_sender ON inbox (sender, seq);
+
+    CREATE TABLE outbox (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        message_id BLOB NOT NULL UNIQUE CHECK (length(message_id) = 32),
+        recipient BLOB NOT NULL CHECK (length(recipient) = 32),
+        envelope BLOB NOT NULL,
+        kind INTEGER NOT NULL,
+        body BLOB NOT NULL,
+        created_ms INTEGER NOT NULL,
+        expires_ms INTEGER NOT NULL,
+        state TEXT NOT NULL
+            CHECK (state IN ('queued', 'sent', 'delivered', 'read', 'expired')),
+        attempts INTEGER NOT NULL DEFAULT 0,
+        last_attempt_ms INTEGER,
+        delivered_ms INTEGER,
+        relayed_to INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX outbox_pending ON outbox (recipient, seq)
+        WHERE state IN ('queued', 'sent');
+    CREATE INDEX outbox_pending_expiry ON outbox (expires_ms)
+        WHERE state IN ('queued', 'sent');
+
+    -- Relays that acknowledged a copy; outbox.relayed_to counts them.
+    CREATE TABLE outbox_relays (
+        message_id BLOB NOT NULL REFERENCES outbox (message_id) ON DELETE CASCADE,
+        relay BLOB NOT NULL CHECK (length(relay) = 32),
+        acked_ms INTEGER NOT NULL,
+        PRIMARY KEY (message_id, relay)
+    ) WITHOUT ROWID;
+
+    CREATE TABLE contacts (
+        node_id BLOB PRIMARY KEY CHECK (length(node_id) = 32),
+        name TEXT COLLATE NOCASE UNIQUE,
+        blocked INTEGER NOT NULL DEFAULT 0 CHECK (blocked IN (0, 1)),
+        added_ms INTEGER NOT NULL
+    ) WITHOUT ROWID;
+
+    -- last_seen_ms: last authenticated connection; NULL if only heard of.
+    CREATE TABLE peers (
+        node_id BLOB PRIMARY KEY CHECK (length(node_id) = 32),
+        first_seen_ms INTEGER NOT NULL,
+        last_seen_ms INTEGER
+    ) WITHOUT ROWID;
+
+    CREATE TABLE peer_addresses (
+        node_id BLOB NOT NULL REFERENCES peers (node_id) ON DELETE CASCADE,
+        host TEXT NOT NULL,
+        port INTEGER NOT NULL CHECK (port BETWEEN 1 AND 65535),
+        source TEXT NOT NULL
+            CHECK (source IN ('bootstrap', 'mdns', 'pex', 'inbound', 'manual')),
+        last_seen_ms INTEGER NOT NULL,
+        last_ok_ms INTEGER,
+        failures INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (node_id, host, port)
+    ) WITHOUT ROWID;
+    """,
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class StoreError(Exception):
+    """Bad use, bad input, or a database that cannot be used; the message says which."""
+
+
+class AcceptResult(Enum):
+    """What accept_incoming did with a message."""
+
+    STORED = "stored"
+    """New: remembered as seen and added to the inbox."""
+    DUPLICATE = "duplicate"
+    """Id already seen (a replay from any peer, relay or restart): nothing changed."""
+    EXPIRED = "expired"
+    """Its expiry is at or before our now_ms: refused, not remembered."""
+    FUTURE = "future"
+    """Its timestamp is more than MAX_FUTURE_SKEW_MS ahead of now_ms: refused, not remembered."""
+    BLOCKED = "blocked"
+    """Sender is blocked: not in the inbox, but the id is remembered so replays are DUPLICATE."""
+
+
+class OutboxState(Enum):
+    """Where an outgoing message is. States only move forward."""
+
+    QUEUED = "queued"
+    """Committed, no hop has acknowledged it yet."""
+    SENT = "sent"
+    """A hop (the recipient or a relay) acknowledged it after storing it."""
+    DELIVERED = "delivered"
+    """The recipient's end-to-end delivery receipt came back."""
+    READ = "read"
+    """The recipient reported it read."""
+    EXPIRED = "expired"
+    """Expired before any receipt came back: no longer retried."""
+
+
+class AddressSource(Enum):
+    """Where an address for a peer was learned; a dial hint either way."""
+
+    BOOTSTRAP = "bootstrap"
+    """The bootstrap list (config file or command line)."""
+    MDNS = "mdns"
+    """An mDNS response on the local network (anyone on the link can send one)."""
+    PEX = "pex"
+    """Peer exchange: a record signed by the peer it describes."""
+    INBOUND = "inbound"
+    """The peer connected to us from there."""
+    MANUAL = "manual"
+    """The user typed it."""
+
+
+# Which states each state may be reached from; any other move is ignored.
+_MOVES_TO: dict[OutboxState, tuple[OutboxState, ...]] = {
+    OutboxState.SENT: (OutboxState.QUEUED,),
+    OutboxState.DELIVERED: (OutboxState.QUEUED, OutboxState.SENT),
+    OutboxState.READ: (OutboxState.QUEUED, OutboxState.SENT, OutboxState.DELIVERED),
+    OutboxState.EXPIRED: (OutboxState.QUEUED, OutboxState.SENT),
+}
+# Kept in the same text as the partial indexes so SQLite uses them.
+_PENDING = "state IN ('queued', 'sent')"
+# When two sources name the same address, the more deliberate one is kept.
+_SOURCE_RANK = {
+    AddressSource.MDNS: 0,
+    AddressSource.PEX: 1,
+    AddressSource.INBOUND: 2,
+    AddressSource.BOOTSTRAP: 3,
+    AddressSource.MANUAL: 4,
+}
+
+
+@dataclass(frozen=True)
+class InboxRow:
+    """A received message. `seq` increases with arrival and is never reused."""
+
+    seq: int
+    message_id: bytes
+    sender: NodeId
+    recipient: NodeId
+    timestamp_ms: int
+    expires_ms: int
+    received_ms: int
+    kind: int
+    body: wire.Value
+    read: bool
+
+
+@dataclass(frozen=True)
+class OutboxRow:
+    """An outgoing message and its delivery state."""
+
+    seq: int
+    message_id: bytes
+    recipient: NodeId
+    envelope: bytes
+    kind: int
+    body: wire.Value
+    created_ms: int
+    expires_ms: int
+    state: OutboxState
+    attempts: int
+    last_attempt_ms: int | None
+    delivered_ms: int | None
+    relayed_to: int
+
+
+@dataclass(frozen=True)
+class ContactRow:
+    node_id: NodeId
+    name: str | None
+    blocked: bool
+    added_ms: int
+
+
+@dataclass(frozen=True)
+class AddressRow:
+    """A dial hint. `last_ok_ms` is set once a handshake there proved the node id."""
+
+    host: str
+    port: int
+    source: AddressSource
+    last_seen_ms: int
+    last_ok_ms: int | None
+    failures: int
+
+
+@dataclass(frozen=True)
+class PeerRow:
+    """A node we know of. `last_seen_ms` is None until we have talked to it."""
+
+    node_id: NodeId
+    first_seen_ms: int
+    last_seen_ms: int | None
+    addresses: tuple[AddressRow, ...]
+
+
+# --- argument checks --------------------------------------------------------
+
+
+def _check_ms(value: int, what: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_TIME_MS:
+        raise StoreError(f"{what} must be integer milliseconds in 0..2^53-1, got {value!r}")
+    return value
+
+
+def _check_id(message_id: bytes) -> bytes:
+    if not isinstance(message_id, bytes) or len(message_id) != MESSAGE_ID_LEN:
+        raise StoreError(f"a message id is {MESSAGE_ID_LEN} bytes, got {message_id!r}")
+    return message_id
+
+
+def _check_node(node_id: NodeId) -> bytes:
+    if not isinstance(node_id, NodeId):
+        raise StoreError(f"expected a NodeId, got {type(node_id).__name__}")
+    return node_id.public_key
+
+
+def _check_name(name: str) -> str:
+    cleaned = unicodedata.normalize("NFC", name.strip()) if isinstance(name, str) else ""
+    if not cleaned:
+        raise StoreError("a contact name must be non-empty text")
+    if len(cleaned) > MAX_CONTACT_NAME_LEN:
+        raise StoreError(f"a contact name is at most {MAX_CONTACT_NAME_LEN} characters")
+    if any(unicodedata.category(c).startswith("C") for c in cleaned):
+        raise StoreError("a contact name may not contain control or invisible characters")
+    try:
+        NodeId.parse(cleaned)
+    except IdentityError:
+        return cleaned
+    raise StoreError("a contact name may not be a node id")
+
+
+def _check_host(host: str) -> str:
+    if (
+        not isinstance(host, str)
+        or not 0 < len(host) <= MAX_HOST_LEN
+        or not host.isascii()
+        or not host.isprintable()
+        or any(c.isspace() for c in host)
+    ):
+        raise StoreError(f"a host is 1..{MAX_HOST_LEN} printable ASCII characters: {host!r}")
+    return host.lower()
+
+
+def _check_port(port: int) -> int:
+    if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
+        raise StoreError(f"a port is an integer in 1..65535, got {port!r}")
+    return port
+
+
+def _id_list(ids: Iterable[bytes]) -> list[bytes]:
+    return [_check_id(i) for i in ids]
+
+
+def _split_sql(script: str) -> list[str]:
+    """A migration script as single statements (sqlite3 executes one at a time).
+
+    `executescript` would do this, but it commits first and so cannot run
+    inside our transaction.
+    """
+    statements, start = [], 0
+    for i, ch in enumerate(script):
+        if ch == ";" and sqlite3.complete_statement(script[start : i + 1]):
+            statements.append(script[start : i + 1])
+            start = i + 1
+    if script[start:].strip():
+        statements.append(script[start:])  # incomplete: SQLite will say so
+    return statements
+
+
+def _decode_body(blob: bytes) -> wire.Value:
+    try:
+        return wire.decode(blob)
+    except wire.WireError as exc:
+        raise StoreError(f"a stored message body is damaged: {exc}") from None
+
+
+# --- the store --------------------------------------------------------------
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _db(method: Callable[Concatenate[Store, _P], _R]) -> Callable[Concatenate[Store, _P], _R]:
+    """Turn SQLite errors (disk full, I/O error, corruption) into StoreError."""
+
+    @functools.wraps(method)
+    def wrapper(self: Store, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        self._acquire()
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.Error as exc:
+            raise self._error(exc) from exc
+        finally:
+            self._lock.release()
+
+    return wrapper
+
+
+_INBOX_COLUMNS = (
+    "seq, message_id, sender, recipient, ts_ms, expires_ms, received_ms, kind, body, read"
+)
+_OUTBOX_COLUMNS = (
+    "seq, message_id, recipient, envelope, kind, body, created_ms, expires_ms, state,"
+    " attempts, last_attempt_ms, delivered_ms, relayed_to"
+)
+_ADDRESS_COLUMNS = "host, port, source, last_seen_ms, last_ok_ms, failures"
+# Best dial candidates first: proven addresses, fewest failures, freshest.
+_ADDRESS_ORDER = "last_ok_ms IS NULL, failures, last_seen_ms DESC, host, port"
+
+
+class Store:
+    """The node's database. Create with `Store.open(path)` or `Store.memory()`."""
+
+    def __init__(self, conn: sqlite3.Connection, name: str) -> None:
+        """Private: use `open` or `memory`."""
+        self._conn: sqlite3.Connection | None = conn
+        self._name = name
+        self._in_transaction = False
+        # Serialises callers from several threads; re-entrant for the thread
+        # that holds a transaction.
+        self._lock = threading.RLock()
+        # Set when SQLite itself rolled back an open batch (e.g. disk full):
+        # the batch is lost and must not go on as if it were intact.
+        self._aborted: str | None = None
+
+    # --- opening and closing ---------------------------------------------
+
+    @classmethod
+    def open(cls, path: Path | str, *, migrations: Sequence[str] = MIGRATIONS) -> Store:
+        """Open or create the database at `path` (mode 0600), migrating it if older.
+
+        `migrations` is for tests of upgrades; callers use the default.
+        """
+        path = Path(path)
+        try:
+            # SQLite would create the file 0644 under the usual umask; messages
+            # are stored in clear, so create it 0600 first. The -wal and -shm
+            # files get the database file's mode from SQLite.
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            os.close(fd)
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            raise StoreError(f"cannot create database {path}: {exc.strerror}") from exc
+        return cls._connect(str(path), migrations, wal=True)
+
+    @classmethod
+    def memory(cls, *, migrations: Sequence[str] = MIGRATIONS) -> Store:
+        """A private in-memory database, gone on close (for tests)."""
+        return cls._connect(":memory:", migrations, wal=False)
+
+    @classmethod
+    def _connect(cls, name: str, migrations: Sequence[str], *, wal: bool) -> Store:
+        if sqlite3.sqlite_version_info < MIN_SQLITE_VERSION:
+            need = ".".join(map(str, MIN_SQLITE_VERSION))
+            raise StoreError(f"SQLite {sqlite3.sqlite_version} is too old; p2pdm needs {need}")
+        try:
+            # isolation_level=None: no implicit transactions; we issue BEGIN
+            # and COMMIT ourselves, so a commit happens exactly where we say.
+            conn = sqlite3.connect(
+                name,
+                timeout=BUSY_TIMEOUT_MS / 1000,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open database {name}: {exc}") from exc
+        store = cls(conn, name)
+        try:
+            store._configure(wal)
+            store._migrate(migrations)
+        except sqlite3.Error as exc:
+            conn.close()
+            if exc.sqlite_errorname in ("SQLITE_NOTADB", "SQLITE_CORRUPT"):
+                raise StoreError(f"{name} is damaged or not a database: {exc}") from exc
+            raise StoreError(f"cannot open database {name}: {exc}") from exc
+        except BaseException:
+            conn.close()
+            raise
+        return store
+
+    def _configure(self, wal: bool) -> None:
+        conn = self._c()
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        conn.execute("PRAGMA foreign_keys = ON")
+        if wal:
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise StoreError(f"database {self._name}: cannot use WAL (journal mode {mode})")
+        # FULL, not WAL's usual NORMAL: NORMAL survives a process crash but
+        # may lose the last commits on power loss or an OS crash; FULL syncs
+        # the WAL at every commit, so what we acknowledged survives a power
+        # cut too. Group commit keeps the cost to one sync per batch.
+        conn.execute("PRAGMA synchronous = FULL")
+        # On macOS fsync does not reach the platter; F_FULLFSYNC does. A
+        # no-op elsewhere.
+        conn.execute("PRAGMA fullfsync = ON")
+
+    def _migrate(self, migrations: Sequence[str]) -> None:
+        """Apply the missing migrations, each in one transaction with its version bump.
+
+        The version is read inside the write transaction, so two processes
+        opening a new file at once cannot both apply a migration.
+        """
+        conn = self._c()
+        while True:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                version = self._schema_check(conn, len(migrations))
+                if version == len(migrations):
+                    conn.execute("COMMIT")
+                    return
+                try:
+                    for statement in _split_sql(migrations[version]):
+                        conn.execute(statement)
+                except (sqlite3.OperationalError, sqlite3.IntegrityError) as exc:
+                    raise StoreError(
+                        f"database {self._name}: migration to schema version {version + 1} "
+                        f"failed and was rolled back: {exc}"
+                    ) from exc
+                conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+                conn.execute(f"PRAGMA user_version = {version + 1}")
+                conn.execute("COMMIT")
+            except BaseException:
+                self._rollback()
+                raise
+
+    def _schema_check(self, conn: sqlite3.Connection, known: int) -> int:
+        """The file's schema version, if it is a p2pdm database this code can read."""
+        app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+        version: int = conn.execute("PRAGMA user_version").fetchone()[0]
+        if app_id not in (0, APPLICATION_ID) or (
+            app_id == 0
+            and version == 0
+            and conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+        ):
+            raise StoreError(f"{self._name} is an SQLite database, but not a p2pdm one")
+        if version > known:
+            raise StoreError(
+                f"database {self._name} has schema version {version}, newer than this "
+                f"p2pdm understands ({known}); upgrade p2pdm to open it"
+            )
+        return version
+
+    def close(self) -> None:
+        """Close the database. An open transaction is rolled back. Idempotent."""
+        self._acquire()
+        try:
+            conn, self._conn = self._conn, None
+            if conn is not None:
+                self._in_transaction = False
+                with contextlib.suppress(sqlite3.Error):
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                conn.close()
+        finally:
+            self._lock.release()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @property
+    @_db
+    def schema_version(self) -> int:
+        version: int = self._c().execute("PRAGMA user_version").fetchone()[0]
+        return version
+
+    @_db
+    def integrity_check(self) -> list[str]:
+        """SQLite's full integrity check: an empty list means the file is sound."""
+        rows = self._c().execute("PRAGMA integrity_check").fetchall()
+        problems = [str(r[0]) for r in rows]
+        return [] if problems == ["ok"] else problems
+
+    # --- transactions ----------------------------------------------------
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Group commit: everything inside commits together when the block exits.
+
+        An exception leaving the block rolls all of it back. Transactions do
+        not nest: opening one inside another is a StoreError. Report work as
+        stored only after the block has exited without an exception.
+        """
+        self._acquire()
+        try:
+            conn = self._c()
+            if self._in_transaction:
+                raise StoreError(
+                    "a store transaction is already open; transactions do not nest "
+                    "(put the work in the outer one)"
+                )
+            try:
+                # IMMEDIATE takes the write lock now rather than at the first
+                # write, so a busy database fails here, before any work is done.
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise self._error(exc) from exc
+            self._in_transaction = True
+            self._aborted = None
+            try:
+                yield
+            except BaseException:
+                self._in_transaction = False
+                self._rollback()
+                raise
+            self._in_transaction = False
+            try:
+                self._check_not_aborted()
+                conn.execute("COMMIT")
+            except StoreError:
+                self._rollback()
+                raise
+            except sqlite3.Error as exc:
+                self._rollback()
+                raise StoreError(
+                    f"database {self._name}: commit failed, nothing in the transaction was "
+                    f"stored: {exc}"
+                ) from exc
+        finally:
+            self._lock.release()
+
+    @property
+    def in_transaction(self) -> bool:
+        return self._in_transaction
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One atomic mutation: a savepoint inside a batch, else its own transaction."""
+        conn = self._c()
+        if self._in_transaction:
+            self._check_not_aborted()
+            conn.execute("SAVEPOINT op")
+            try:
+                yield conn
+            except BaseException as exc:
+                if conn.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK TO op")
+                        conn.execute("RELEASE op")
+                else:
+                    self._aborted = str(exc)
+                raise
+            conn.execute("RELEASE op")
+        else:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                self._rollback()
+                raise
+            try:
+                conn.execute("COMMIT")
+            except sqlite3.Error:
+                self._rollback()
+                raise
+
+    def _check_not_aborted(self) -> None:
+        if self._aborted is not None:
+            raise StoreError(
+                f"database {self._name}: SQLite rolled the transaction back after an "
+                f"error ({self._aborted}); nothing in it was stored"
+            )
+
+    def _acquire(self) -> None:
+        if not self._lock.acquire(timeout=LOCK_WAIT_S):
+            raise StoreError(f"the store was busy in another thread for {LOCK_WAIT_S:g} s")
+
+    def _rollback(self) -> None:
+        conn = self._conn
+        if conn is not None and conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+
+    def _c(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise StoreError("the store is closed")
+        return self._conn
+
+    def _error(self, exc: sqlite3.Error) -> StoreError:
+        return StoreError(f"database {self._name}: {exc}")
+
+    # --- seen ids and inbox ----------------------------------------------
+
+    @_db
+    def accept_incoming(self, msg: Message, envelope_bytes: bytes, now_ms: int) -> AcceptResult:
+        """Store an opened message once per id; say what was done with it.
+
+        `envelope_bytes` are the exact bytes received, kept with the message
+        so it can be re-verified or exported later.
+        """
+        _check_ms(now_ms, "now_ms")
+        message_id = _check_id(msg.message_id)
+        if msg.expires_ms <= now_ms:
+            return AcceptResult.EXPIRED
+        if msg.timestamp_ms > now_ms + MAX_FUTURE_SKEW_MS:
+            return AcceptResult.FUTURE
+        body = wire.encode(msg.body)
+        with self._write() as conn:
+            cur = conn.execute(
+                "INSERT INTO seen (message_id, expires_ms) VALUES (?, ?)"
+                " ON CONFLICT (message_id) DO NOTHING",
+                (message_id, msg.expires_ms),
+            )
+            if cur.rowcount != 1:
+                return AcceptResult.DUPLICATE
+            if self._blocked(msg.sender.public_key):
+                return AcceptResult.BLOCKED
+            conn.execute(
+                "INSERT INTO inbox (message_id, sender, recipient, ts_ms, expires_ms,"
+                " received_ms, kind, body, envelope) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    message_id,
+                    msg.sender.public_key,
+                    msg.recipient.public_key,
+                    msg.timestamp_ms,
+                    msg.expires_ms,
+                    now_ms,
+                    msg.kind,
+                    body,
+                    bytes(envelope_bytes),
+                ),
+            )
+        return AcceptResult.STORED
+
+    @_db
+    def is_seen(self, message_id: bytes) -> bool:
+        row = (
+            self._c()
+            .execute("SELECT 1 FROM seen WHERE message_id = ?", (_check_id(message_id),))
+            .fetchone()
+        )
+        return row is not None
+
+    @_db
+    def purge_expired(self, now_ms: int) -> int:
+        """Forget seen ids whose envelopes expired more than SEEN_GRACE_MS ago."""
+        _check_ms(now_ms, "now_ms")
+        with self._write() as conn:
+            cur = conn.execute("DELETE FROM seen WHERE expires_ms <= ?", (now_ms - SEEN_GRACE_MS,))
+            return cur.rowcount
+
+    @_db
+    def inbox(
+        self,
+        peer: NodeId | None = None,
+        limit: int | None = None,
+        after_seq: int | None = None,
+    ) -> list[InboxRow]:
+        """Received messages, oldest first, optionally only those from `peer`.
+
+        With `after_seq`: the first `limit` rows with seq > after_seq, to
+        follow the inbox (pass the last seq seen). Without it: the latest
+        `limit` rows. `limit=None` means all.
+        """
+        where: list[str] = []
+        args: list[object] = []
+        if peer is not None:
+            where.append("sender = ?")
+            args.append(_check_node(peer))
+        if after_seq is not None:
+            where.append("seq > ?")
+            args.append(self._check_limit(after_seq, "after_seq"))
+        sql = f"SELECT {_INBOX_COLUMNS} FROM inbox"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        newest = limit is not None and after_seq is None
+        sql += " ORDER BY seq DESC" if newest else " ORDER BY seq"
+        if limit is not None:
+            sql += " LIMIT ?"
+            args.append(self._check_limit(limit))
+        rows = self._c().execute(sql, args).fetchall()
+        if newest:
+            rows.reverse()
+        return [
+            InboxRow(
+                seq=r[0],
+                message_id=r[1],
+                sender=NodeId(r[2]),
+                recipient=NodeId(r[3]),
+                timestamp_ms=r[4],
+                expires_ms=r[5],
+                received_ms=r[6],
+                kind=r[7],
+                body=_decode_body(r[8]),
+                read=bool(r[9]),
+            )
+            for r in rows
+        ]
+
+    @_db
+    def inbox_envelope(self, message_id: bytes) -> bytes | None:
+        """The exact envelope bytes a received message arrived in."""
+        row = (
+            self._c()
+            .execute("SELECT envelope FROM inbox WHERE message_id = ?", (_check_id(message_id),))
+            .fetchone()
+        )
+        return None if row is None else bytes(row[0])
+
+    @_db
+    def mark_read(self, message_ids: Iterable[bytes]) -> list[bytes]:
+        """Mark received messages read; returns the ids that were unread before."""
+        ids = _id_list(message_ids)
+        changed = []
+        with self._write() as conn:
+            for mid in ids:
+                cur = conn.execute(
+                    "UPDATE inbox SET read = 1 WHERE message_id = ? AND read = 0", (mid,)
+                )
+                if cur.rowcount:
+                    changed.append(mid)
+        return changed
+
+    @_db
+    def inbox_count(self, *, unread_only: bool = False) -> int:
+        sql = "SELECT count(*) FROM inbox" + (" WHERE read = 0" if unread_only else "")
+        count: int = self._c().execute(sql).fetchone()[0]
+        return count
+
+    # --- outbox ----------------------------------------------------------
+
+    @_db
+    def enqueue(
+        self,
+        *,
+        message_id: bytes,
+        recipient: NodeId,
+        envelope: bytes,
+        kind: int,
+        body: wire.Value,
+        expires_ms: int,
+        now_ms: int,
+    ) -> bool:
+        """Queue a sealed envelope for sending; False if that id is already queued.
+
+        The envelope is resent exactly as given; `kind` and `body` are kept
+        to show the message.
+        """
+        _check_id(message_id)
+        _check_ms(now_ms, "now_ms")
+        _check_ms(expires_ms, "expires_ms")
+        if expires_ms <= now_ms:
+            raise StoreError("cannot queue a message that has already expired")
+        if not isinstance(envelope, bytes) or not envelope:
+            raise StoreError("envelope must be the sealed envelope bytes")
+        try:
+            encoded = wire.encode(body)
+        except wire.WireUsageError as exc:
+            raise StoreError(f"message body cannot be stored: {exc}") from None
+        with self._write() as conn:
+            cur = conn.execute(
+                "INSERT INTO outbox (message_id, recipient, envelope, kind, body, created_ms,"
+                " expires_ms, state) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (message_id) DO NOTHING",
+                (
+                    message_id,
+                    _check_node(recipient),
+                    envelope,
+                    int(kind),
+                    encoded,
+                    now_ms,
+                    expires_ms,
+                    OutboxState.QUEUED.value,
+                ),
+            )
+            return cur.rowcount == 1
+
+    @_db
+    def pending_for(
+        self,
+        recipient: NodeId,
+        now_ms: int,
+        limit: int | None = None,
+        retry_after_ms: int | None = None,
+    ) -> list[OutboxRow]:
+        """Messages to `recipient` still to deliver (QUEUED or SENT, unexpired), oldest first.
+
+        With `retry_after_ms`, leaves out those attempted or acknowledged by
+        a hop less than that long ago.
+        """
+        args: list[object] = [_check_node(recipient), _check_ms(now_ms, "now_ms")]
+        sql = (
+            f"SELECT {_OUTBOX_COLUMNS} FROM outbox"
+            f" WHERE recipient = ? AND {_PENDING} AND expires_ms > ?"
+        )
+        if retry_after_ms is not None:
+            sql += " AND (last_attempt_ms IS NULL OR last_attempt_ms <= ?)"
+            args.append(now_ms - _check_ms(retry_after_ms, "retry_after_ms"))
+        sql += " ORDER BY seq"
+        if limit is not None:
+            sql += " LIMIT ?"
+            args.append(self._check_limit(limit))
+        return [self._outbox_row(r) for r in self._c().execute(sql, args)]
+
+    @_db
+    def pending_recipients(self, now_ms: int) -> list[NodeId]:
+        """Everyone with a message still to deliver."""
+        rows = self._c().execute(
+            f"SELECT DISTINCT recipient FROM outbox WHERE {_PENDING} AND expires_ms > ?"
+            " ORDER BY recipient",
+            (_check_ms(now_ms, "now_ms"),),
+        )
+        return [NodeId(r[0]) for r in rows]
+
+    @_db
+    def outbox_pending_count(self, now_ms: int) -> int:
+        count: int = (
+            self._c()
+            .execute(
+                f"SELECT count(*) FROM outbox WHERE {_PENDING} AND expires_ms > ?",
+                (_check_ms(now_ms, "now_ms"),),
+            )
+            .fetchone()[0]
+        )
+        return count
+
+    @_db
+    def note_attempt(self, message_id: bytes, now_ms: int) -> bool:
+        """Count one send attempt (pushed or uploaded) of a pending message.
+
+        False if the message is unknown or no longer pending.
+        """
+        _check_id(message_id)
+        _check_ms(now_ms, "now_ms")
+        with self._write() as conn:
+            cur = conn.execute(
+                "UPDATE outbox SET attempts = attempts + 1,"
+                " last_attempt_ms = max(coalesce(last_attempt_ms, 0), ?)"
+                f" WHERE message_id = ? AND {_PENDING}",
+                (now_ms, message_id),
+            )
+            return cur.rowcount == 1
+
+    @_db
+    def mark_sent(self, message_id: bytes, now_ms: int, *, relay: NodeId | None = None) -> bool:
+        """A hop acknowledged the message after storing it; True if the state changed.
+
+        `relay` is the relay that took it (None when the recipient itself
+        acknowledged); each distinct relay counts once in `relayed_to`.
+        """
+        _check_id(message_id)
+        _check_ms(now_ms, "now_ms")
+        relay_key = None if relay is None else _check_node(relay)
+        with self._write() as conn:
+            changed = self._advance(conn, [message_id], OutboxState.SENT, now_ms)
+            # A hop took it now: that is the latest attempt, for retry_after_ms.
+            conn.execute(
+                "UPDATE outbox SET last_attempt_ms = max(coalesce(last_attempt_ms, 0), ?)"
+                f" WHERE message_id = ? AND {_PENDING}",
+                (now_ms, message_id),
+            )
+            if relay_key is not None:
+                cur = conn.execute(
+                    "INSERT INTO outbox_relays (message_id, relay, acked_ms)"
+                    f" SELECT message_id, ?, ? FROM outbox WHERE message_id = ? AND {_PENDING}"
+                    " ON CONFLICT (message_id, relay) DO NOTHING",
+                    (relay_key, now_ms, message_id),
+                )
+                if cur.rowcount:
+                    conn.execute(
+                        "UPDATE outbox SET relayed_to = relayed_to + 1 WHERE message_id = ?",
+                        (message_id,),
+                    )
+        return bool(changed)
+
+    @_db
+    def relays_for(self, message_id: bytes) -> list[NodeId]:
+        """Relays that acknowledged a copy of an outgoing message."""
+        rows = self._c().execute(
+            "SELECT relay FROM outbox_relays WHERE message_id = ? ORDER BY acked_ms, relay",
+            (_check_id(message_id),),
+        )
+        return [NodeId(r[0]) for r in rows]
+
+    @_db
+    def mark_delivered(
+        self, message_ids: Iterable[bytes], now_ms: int, *, recipient: NodeId
+    ) -> list[bytes]:
+        """A delivery receipt signed by `recipient` came back; returns the ids it moved.
+
+        Only messages sent to `recipient` move: anyone who learned a message
+        id (every relay sees them) could sign a receipt for it, and must not
+        stop us retrying a message to someone else. Idempotent: ids already
+        delivered, read or expired, or never sent, change nothing.
+        """
+        _check_ms(now_ms, "now_ms")
+        key = _check_node(recipient)
+        ids = _id_list(message_ids)
+        with self._write() as conn:
+            return self._advance(conn, ids, OutboxState.DELIVERED, now_ms, key)
+
+    @_db
+    def mark_outbox_read(
+        self, message_ids: Iterable[bytes], now_ms: int, *, recipient: NodeId
+    ) -> list[bytes]:
+        """`recipient` read these messages (so they were delivered); returns ids moved."""
+        _check_ms(now_ms, "now_ms")
+        key = _check_node(recipient)
+        ids = _id_list(message_ids)
+        with self._write() as conn:
+            return self._advance(conn, ids, OutboxState.READ, now_ms, key)
+
+    @_db
+    def expire_outbox(self, now_ms: int) -> int:
+        """Move pending messages at or past their expiry to EXPIRED; returns how many."""
+        _check_ms(now_ms, "now_ms")
+        with self._write() as conn:
+            cur = conn.execute(
+                f"UPDATE outbox SET state = ? WHERE {_PENDING} AND expires_ms <= ?",
+                (OutboxState.EXPIRED.value, now_ms),
+            )
+            return cur.rowcount
+
+    @_db
+    def outbox(self, limit: int | None = None) -> list[OutboxRow]:
+        """Outgoing messages, oldest first: all, or the latest `limit`."""
+        sql = f"SELECT {_OUTBOX_COLUMNS} FROM outbox ORDER BY seq DESC"
+        args: list[object] = []
+        if limit is not None:
+            sql += " LIMIT ?"
+            args.append(self._check_limit(limit))
+        rows = [self._outbox_row(r) for r in self._c().execute(sql, args)]
+        rows.reverse()
+        return rows
+
+    @_db
+    def outbox_message(self, message_id: bytes) -> OutboxRow | None:
+        row = (
+            self._c()
+            .execute(
+                f"SELECT {_OUTBOX_COLUMNS} FROM outbox WHERE message_id = ?",
+                (_check_id(message_id),),
+            )
+            .fetchone()
+        )
+        return None if row is None else self._outbox_row(row)
+
+    @staticmethod
+    def _advance(
+        conn: sqlite3.Connection,
+        ids: list[bytes],
+        to: OutboxState,
+        now_ms: int,
+        recipient: bytes | None = None,
+    ) -> list[bytes]:
+        sources = _MOVES_TO[to]
+        marks = ", ".join("?" for _ in sources)
+        delivered = to in (OutboxState.DELIVERED, OutboxState.READ)
+        sql = (
+            "UPDATE outbox SET state = ?"
+            + (", delivered_ms = coalesce(delivered_ms, ?)" if delivered else "")
+            + f" WHERE message_id = ? AND state IN ({marks})"
+            + (" AND recipient = ?" if recipient is not None else "")
+        )
+        changed = []
+        for mid in ids:
+            args: list[object] = [to.value]
+            if delivered:
+                args.append(now_ms)
+            args.append(mid)
+            args.extend(s.value for s in sources)
+            if recipient is not None:
+                args.append(recipient)
+            if conn.execute(sql, args).rowcount:
+                changed.append(mid)
+        return changed
+
+    @staticmethod
+    def _outbox_row(r: Sequence[Any]) -> OutboxRow:
+        return OutboxRow(
+            seq=r[0],
+            message_id=r[1],
+            recipient=NodeId(r[2]),
+            envelope=r[3],
+            kind=r[4],
+            body=_decode_body(r[5]),
+            created_ms=r[6],
+            expires_ms=r[7],
+            state=OutboxState(r[8]),
+            attempts=r[9],
+            last_attempt_ms=r[10],
+            delivered_ms=r[11],
+            relayed_to=r[12],
+        )
+
+    @staticmethod
+    def _check_limit(value: int, what: str = "limit") -> int:
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise StoreError(f"{what} must be a non-negative integer, got {value!r}")
+        return value
+
+    # --- contacts --------------------------------------------------------
+
+    @_db
+    def add_contact(self, node_id: NodeId, name: str | None, now_ms: int) -> ContactRow:
+        """Add a contact, or rename one (name None clears it); keeps its blocked flag.
+
+        Names are unique, ignoring ASCII case.
+        """
+        key = _check_node(node_id)
+        _check_ms(now_ms, "now_ms")
+        clean = None if name is None else _check_name(name)
+        with self._write() as conn:
+            if clean is not None:
+                row = conn.execute(
+                    "SELECT node_id FROM contacts WHERE name = ? AND node_id != ?", (clean, key)
+                ).fetchone()
+                if row is not None:
+                    raise StoreError(
+                        f"the name {clean!r} is already used for {NodeId(row[0])}; "
+                        "remove or rename that contact first"
+                    )
+            conn.execute(
+                "INSERT INTO contacts (node_id, name, added_ms) VALUES (?, ?, ?)"
+                " ON CONFLICT (node_id) DO UPDATE SET name = excluded.name",
+                (key, clean, now_ms),
+            )
+            row = conn.execute(
+                "SELECT blocked, added_ms FROM contacts WHERE node_id = ?", (key,)
+            ).fetchone()
+        return ContactRow(node_id, clean, bool(row[0]), row[1])
+
+    @_db
+    def remove_contact(self, node_id: NodeId) -> bool:
+        """Forget a contact, its name and its blocked flag; False if unknown."""
+        key = _check_node(node_id)
+        with self._write() as conn:
+            return conn.execute("DELETE FROM contacts WHERE node_id = ?", (key,)).rowcount == 1
+
+    @_db
+    def set_blocked(self, node_id: NodeId, blocked: bool, now_ms: int) -> None:
+        """Block or unblock a node; blocking a stranger adds it as an unnamed contact."""
+        key = _check_node(node_id)
+        _check_ms(now_ms, "now_ms")
+        with self._write() as conn:
+            if blocked:
+                conn.execute(
+                    "INSERT INTO contacts (node_id, blocked, added_ms) VALUES (?, 1, ?)"
+                    " ON CONFLICT (node_id) DO UPDATE SET blocked = 1",
+                    (key, now_ms),
+                )
+            else:
+                conn.execute("UPDATE contacts SET blocked = 0 WHERE node_id = ?", (key,))
+
+    @_db
+    def is_blocked(self, node_id: NodeId) -> bool:
+        return self._blocked(_check_node(node_id))
+
+    def _blocked(self, key: bytes) -> bool:
+        row = self._c().execute("SELECT blocked FROM contacts WHERE node_id = ?", (key,))
+        found = row.fetchone()
+        return found is not None and bool(found[0])
+
+    @_db
+    def contacts(self) -> list[ContactRow]:
+        """All contacts, named ones first by name."""
+        rows = self._c().execute(
+            "SELECT node_id, name, blocked, added_ms FROM contacts"
+            " ORDER BY name IS NULL, name, node_id"
+        )
+        return [ContactRow(NodeId(r[0]), r[1], bool(r[2]), r[3]) for r in rows]
+
+    @_db
+    def resolve_peer(self, text: str) -> NodeId:
+        """A full node id, a contact name, or a unique prefix of a known node id.
+
+        In that order: a name wins over a prefix it happens to be. Known ids
+        are contacts, peers, inbox senders and outbox recipients.
+        """
+        cleaned = text.strip() if isinstance(text, str) else ""
+        if not cleaned:
+            raise StoreError("give a node id, a contact name or a node id prefix")
+        bad_id: str | None = None
+        if len(cleaned) == NODE_ID_TEXT_LEN and is_node_id_like(cleaned):
+            try:
+                return NodeId.parse(cleaned)
+            except IdentityError as exc:
+                bad_id = str(exc)
+        conn = self._c()
+        row = conn.execute(
+            "SELECT node_id FROM contacts WHERE name = ?",
+            (unicodedata.normalize("NFC", cleaned),),
+        ).fetchone()
+        if row is not None:
+            return NodeId(row[0])
+        if bad_id is not None:
+            raise StoreError(f"{cleaned!r} is not a valid node id: {bad_id}")
+        if not is_node_id_like(cleaned):
+            raise StoreError(f"no contact is named {cleaned!r}")
+        if len(cleaned) < MIN_PREFIX_LEN:
+            raise StoreError(
+                f"no contact is named {cleaned!r}, and a node id prefix needs at least "
+                f"{MIN_PREFIX_LEN} characters"
+            )
+        prefix = cleaned.lower()
+        known = conn.execute(
+            "SELECT node_id FROM contacts UNION SELECT node_id FROM peers"
+            " UNION SELECT sender FROM inbox UNION SELECT recipient FROM outbox"
+        )
+        matches = sorted(
+            {nid for (raw,) in known if str(nid := NodeId(raw)).startswith(prefix)},
+            key=str,
+        )
+        if not matches:
+            raise StoreError(f"no contact is named {cleaned!r} and no known node id starts so")
+        if len(matches) > 1:
+            names = {
+                bytes(r[0]): r[1]
+                for r in conn.execute("SELECT node_id, name FROM contacts WHERE name IS NOT NULL")
+            }
+            listed = ", ".join(
+                str(m) + (f" ({names[m.public_key]})" if m.public_key in names else "")
+                for m in matches
+            )
+            raise StoreError(f"{cleaned!r} matches {len(matches)} node ids: {listed}")
+        return matches[0]
+
+    # --- peers and addresses ---------------------------------------------
+
+    @_db
+    def peer_seen(self, node_id: NodeId, now_ms: int) -> None:
+        """We talked to this node (a handshake proved its id)."""
+        key = _check_node(node_id)
+        _check_ms(now_ms, "now_ms")
+        with self._write() as conn:
+            if self._ensure_peer(conn, key, now_ms, seen=True):
+                conn.execute(
+                    "UPDATE peers SET last_seen_ms = max(coalesce(last_seen_ms, 0), ?)"
+                    " WHERE node_id = ?",
+                    (now_ms, key),
+                )
+
+    @_db
+    def note_peer_address(
+        self,
+        node_id: NodeId,
+        host: str,
+        port: int,
+        source: AddressSource | str,
+        now_ms: int,
+    ) -> None:
+        """Remember a dial hint for a node. Adds or refreshes; never removes others.
+
+        When a peer has more than MAX_ADDRESSES_PER_PEER, one is dropped:
+        never-proven ones before proven ones, then the one that failed most,
+        then the one heard of least recently. So a flood of made-up addresses
+        only churns other unproven hints.
+        """
+        key = _check_node(node_id)
+        host = _check_host(host)
+        _check_port(port)
+        _check_ms(now_ms, "now_ms")
+        try:
+            src = AddressSource(source)
+        except ValueError:
+            known = ", ".join(s.value for s in AddressSource)
+            raise StoreError(f"unknown address source {source!r} (one of {known})") from None
+        with self._write() as conn:
+            if not self._ensure_peer(conn, key, now_ms, seen=False):
+                return
+            row = conn.execute(
+                "SELECT source FROM peer_addresses WHERE node_id = ? AND host = ? AND port = ?",
+                (key, host, port),
+            ).fetchone()
+            if row is not None:
+                old = AddressSource(row[0])
+                keep = old if _SOURCE_RANK[old] >= _SOURCE_RANK[src] else src
+                conn.execute(
+                    "UPDATE peer_addresses SET source = ?,"
+                    " last_seen_ms = max(last_seen_ms, ?)"
+                    " WHERE node_id = ? AND host = ? AND port = ?",
+                    (keep.value, now_ms, key, host, port),
+                )
+                return
+            conn.execute(
+                "INSERT INTO peer_addresses (node_id, host, port, source, last_seen_ms)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (key, host, port, src.value, now_ms),
+            )
+            count = conn.execute(
+                "SELECT count(*) FROM peer_addresses WHERE node_id = ?", (key,)
+            ).fetchone()[0]
+            if count > MAX_ADDRESSES_PER_PEER:
+                conn.execute(
+                    "DELETE FROM peer_addresses WHERE (node_id, host, port) IN"
+                    " (SELECT node_id, host, port FROM peer_addresses WHERE node_id = ?"
+                    "  ORDER BY last_ok_ms IS NOT NULL, failures DESC, last_seen_ms, host, port"
+                    "  LIMIT ?)",
+                    (key, count - MAX_ADDRESSES_PER_PEER),
+                )
+
+    @_db
+    def note_dial_result(
+        self, node_id: NodeId, host: str, port: int, ok: bool, now_ms: int
+    ) -> None:
+        """A dial to a known address proved the node id (ok) or failed."""
+        key = _check_node(node_id)
+        host = _check_host(host)
+        _check_port(port)
+        _check_ms(now_ms, "now_ms")
+        with self._write() as conn:
+            if ok:
+                conn.execute(
+                    "UPDATE peer_addresses SET failures = 0, last_ok_ms = ?,"
+                    " last_seen_ms = max(last_seen_ms, ?)"
+                    " WHERE node_id = ? AND host = ? AND port = ?",
+                    (now_ms, now_ms, key, host, port),
+                )
+            else:
+                conn.execute(
+                    "UPDATE peer_addresses SET failures = failures + 1"
+                    " WHERE node_id = ? AND host = ? AND port = ?",
+                    (key, host, port),
+                )
+
+    @_db
+    def addresses_for(self, node_id: NodeId) -> list[AddressRow]:
+        """A node's addresses, best dial candidates first."""
+        rows = self._c().execute(
+            f"SELECT {_ADDRESS_COLUMNS} FROM peer_addresses WHERE node_id = ?"
+            f" ORDER BY {_ADDRESS_ORDER}",
+            (_check_node(node_id),),
+        )
+        return [self._address_row(r) for r in rows]
+
+    @_db
+    def peers(self) -> list[PeerRow]:
+        """Every known node with its addresses, most recently seen first."""
+        conn = self._c()
+        by_node: dict[bytes, list[AddressRow]] = {}
+        for r in conn.execute(
+            f"SELECT node_id, {_ADDRESS_COLUMNS} FROM peer_addresses"
+            f" ORDER BY node_id, {_ADDRESS_ORDER}"
+        ):
+            by_node.setdefault(r[0], []).append(self._address_row(r[1:]))
+        return [
+            PeerRow(NodeId(r[0]), r[1], r[2], tuple(by_node.get(r[0], ())))
+            for r in conn.execute(
+                "SELECT node_id, first_seen_ms, last_seen_ms FROM peers"
+                " ORDER BY last_seen_ms IS NULL, last_seen_ms DESC, first_seen_ms DESC, node_id"
+            )
+        ]
+
+    @staticmethod
+    def _ensure_peer(conn: sqlite3.Connection, key: bytes, now_ms: int, *, seen: bool) -> bool:
+        """Add a peer row if missing; False if the bound evicted the new row itself."""
+        cur = conn.execute(
+            "INSERT INTO peers (node_id, first_seen_ms, last_seen_ms) VALUES (?, ?, ?)"
+            " ON CONFLICT (node_id) DO NOTHING",
+            (key, now_ms, now_ms if seen else None),
+        )
+        if cur.rowcount != 1:
+            return True
+        if conn.execute("SELECT count(*) FROM peers").fetchone()[0] <= MAX_PEERS:
+            return True
+        # Over the bound: drop a node that is not a contact and that we have
+        # never talked to, the one heard of longest ago; failing that, the
+        # one seen longest ago. A flood of made-up ids (peer exchange, mDNS)
+        # thus only churns other strangers, itself included.
+        victim = conn.execute(
+            "SELECT node_id FROM peers"
+            " ORDER BY node_id IN (SELECT node_id FROM contacts), last_seen_ms IS NOT NULL,"
+            " coalesce(last_seen_ms, first_seen_ms), node_id LIMIT 1"
+        ).fetchone()[0]
+        conn.execute("DELETE FROM peers WHERE node_id = ?", (victim,))
+        return bytes(victim) != key
+
+    @staticmethod
+    def _address_row(r: Sequence[Any]) -> AddressRow:
+        return AddressRow(
+            host=r[0],
+            port=r[1],
+            source=AddressSource(r[2]),
+            last_seen_ms=r[3],
+            last_ok_ms=r[4],
+            failures=r[5],
+        )
+
+    # --- small node state ------------------------------------------------
+
+    @_db
+    def get_meta(self, key: str) -> bytes | None:
+        row = (
+            self._c()
+            .execute("SELECT value FROM meta WHERE key = ?", (self._check_meta_key(key),))
+            .fetchone()
+        )
+        return None if row is None else bytes(row[0])
+
+    @_db
+    def set_meta(self, key: str, value: bytes | None) -> None:
+        """Set a small value; None deletes it."""
+        key = self._check_meta_key(key)
+        with self._write() as conn:
+            if value is None:
+                conn.execute("DELETE FROM meta WHERE key = ?", (key,))
+                return
+            if not isinstance(value, bytes) or len(value) > MAX_META_VALUE_SIZE:
+                raise StoreError(f"a meta value is bytes of at most {MAX_META_VALUE_SIZE}")
+            conn.execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?)"
+                " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (key, value),
+            )
+
+    @staticmethod
+    def _check_meta_key(key: str) -> str:
+        if not isinstance(key, str) or not 0 < len(key) <= MAX_META_KEY_LEN:
+            raise StoreError(f"a meta key is text of 1..{MAX_META_KEY_LEN} characters")
+        return key

@@ -1,0 +1,276 @@
+"""Encrypted connections over any trio stream: handshake, frames, limits.
+
+`Connection` runs over any `trio.abc.Stream`, so tests drive it over memory
+streams with a mock clock; the daemon gives it TCP streams. Framing is
+`wire.encode_frame` (2-byte length, one Noise message); every frame after
+the handshake is decrypted by the `TransportCipher` the handshake produced.
+
+Limits (each with its reason in `TransportLimits`): handshake deadline,
+half-open handshakes in total, new handshakes per source address (a token
+bucket, as WireGuard does under load), established connections in total,
+and frames per second from each peer (a reader that runs out of tokens stops
+reading, so TCP pushes back on the peer instead of us buffering).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import trio
+
+from p2pdm import handshake, wire
+from p2pdm.handshake import Handshake, HandshakeError, NoiseStatic
+
+if TYPE_CHECKING:
+    from p2pdm.identity import Identity, NodeId
+
+log = logging.getLogger(__name__)
+
+# One read never needs more than one whole frame.
+READ_SIZE = wire.FRAME_HEADER_LEN + wire.MAX_FRAME_PAYLOAD
+
+
+@dataclass(frozen=True)
+class TransportLimits:
+    handshake_timeout: float = 10.0
+    """Seconds a peer has to finish the handshake: a stalled one holds a slot."""
+    max_half_open: int = 64
+    """Handshakes in progress at once, from everyone."""
+    handshake_rate: float = 5.0
+    """New handshakes per second allowed from one source address..."""
+    handshake_burst: float = 20.0
+    """...after a burst of this many (a restarting peer redials all at once)."""
+    max_connections: int = 256
+    """Established connections; a mesh node keeps far fewer (docs/PROTOCOL.md)."""
+    frame_rate: float = 20_000.0
+    """Frames per second read from one peer; well above what a node sends."""
+    frame_burst: float = 40_000.0
+    """Frames a peer may send at once before the rate applies."""
+    idle_timeout: float = 90.0
+    """Seconds without any frame before a peer is declared dead."""
+    keepalive_interval: float = 30.0
+    """Seconds of silence after which we send a PING (well under idle_timeout)."""
+
+
+class TokenBucket:
+    """Classic token bucket; the clock is a parameter (`now`), never read here."""
+
+    __slots__ = ("_burst", "_rate", "_stamp", "_tokens")
+
+    def __init__(self, rate: float, burst: float, now: float) -> None:
+        self._rate, self._burst = rate, burst
+        self._tokens, self._stamp = burst, now
+
+    def _refill(self, now: float) -> None:
+        if now > self._stamp:
+            self._tokens = min(self._burst, self._tokens + (now - self._stamp) * self._rate)
+            self._stamp = now
+
+    def take(self, now: float, n: float = 1.0) -> bool:
+        self._refill(now)
+        # The tolerance absorbs float rounding in the refill, which would
+        # otherwise leave 0.9999... tokens and a wait of 1e-17 s forever.
+        if self._tokens >= n - 1e-9:
+            self._tokens -= n
+            return True
+        return False
+
+    def consume(self, now: float, n: float = 1.0) -> None:
+        """Take `n` tokens even if they are not all there (a debt paid by waiting)."""
+        self._refill(now)
+        self._tokens -= n
+
+    def wait_time(self, now: float, n: float = 1.0) -> float:
+        """Seconds until `n` tokens are there (0 if they are now)."""
+        self._refill(now)
+        return max(0.0, (n - self._tokens) / self._rate)
+
+    def full(self, now: float) -> bool:
+        self._refill(now)
+        return self._tokens >= self._burst
+
+
+class ConnectionClosed(Exception):
+    """The peer closed the connection or it broke; `reason` says how."""
+
+
+class Connection:
+    """An established, encrypted connection to a known peer."""
+
+    def __init__(
+        self,
+        stream: trio.abc.Stream,
+        result: handshake.HandshakeResult,
+        reader: wire.FrameReader,
+        *,
+        initiator: bool,
+        remote: str,
+        limits: TransportLimits,
+    ) -> None:
+        self.stream = stream
+        self.peer: NodeId = result.peer
+        self.version = result.version
+        self.initiator = initiator
+        self.remote = remote
+        self._cipher = result.cipher
+        self._reader = reader
+        self._pending: list[bytes] = []
+        self._send_lock = trio.Lock()
+        self._budget = TokenBucket(limits.frame_rate, limits.frame_burst, trio.current_time())
+        self.closed = False
+
+    def __repr__(self) -> str:
+        way = "to" if self.initiator else "from"
+        return f"<Connection {way} {self.peer.short()} at {self.remote}>"
+
+    async def send(self, plaintext: bytes) -> None:
+        """Encrypt and send one frame. Frames from concurrent senders never interleave."""
+        async with self._send_lock:
+            data = wire.encode_frame(self._cipher.encrypt(plaintext))
+            try:
+                await self.stream.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                raise ConnectionClosed(f"send failed: {exc}") from None
+
+    async def receive(self) -> bytes:
+        """The next decrypted frame. Raises ConnectionClosed or TransportError."""
+        while not self._pending:
+            try:
+                data = await self.stream.receive_some(READ_SIZE)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                raise ConnectionClosed(f"receive failed: {exc}") from None
+            if not data:
+                raise ConnectionClosed("peer closed the connection")
+            self._reader.feed(data)
+            self._pending.extend(self._reader.frames())
+        frame = self._pending.pop(0)
+        wait = self._budget.wait_time(trio.current_time())
+        if wait > 0:
+            # Throttle: while we do not read, TCP backpressure reaches the peer.
+            await trio.sleep(wait)
+        self._budget.consume(trio.current_time())
+        return self._cipher.decrypt(frame)
+
+    async def aclose(self) -> None:
+        self.closed = True
+        with trio.move_on_after(1) as scope:
+            scope.shield = True
+            await self.stream.aclose()
+
+
+async def _read_handshake_frame(stream: trio.abc.Stream, reader: wire.FrameReader) -> bytes:
+    while True:
+        for frame in reader.frames():
+            return frame
+        data = await stream.receive_some(READ_SIZE)
+        if not data:
+            raise HandshakeError("peer closed the connection during the handshake")
+        reader.feed(data)
+
+
+async def run_handshake(
+    stream: trio.abc.Stream,
+    identity: Identity,
+    static: NoiseStatic,
+    *,
+    initiator: bool,
+    remote: str,
+    limits: TransportLimits,
+    expected_peer: NodeId | None = None,
+) -> Connection:
+    """Run the handshake on `stream` within the limit's deadline.
+
+    Raises HandshakeError (peer's fault: bad bytes, wrong identity, refusal,
+    too slow) or ConnectionClosed. The caller closes the stream on failure.
+    """
+    hs = Handshake(identity, initiator=initiator, static=static, expected_peer=expected_peer)
+    reader = wire.FrameReader()
+    with trio.move_on_after(limits.handshake_timeout) as scope:
+        try:
+            if initiator:
+                await stream.send_all(wire.encode_frame(hs.start()))
+            while not hs.complete:
+                frame = await _read_handshake_frame(stream, reader)
+                try:
+                    reply = hs.receive(frame)
+                except HandshakeError as exc:
+                    if exc.reply is not None:
+                        await stream.send_all(wire.encode_frame(exc.reply))
+                    raise
+                if reply is not None:
+                    await stream.send_all(wire.encode_frame(reply))
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise ConnectionClosed(f"connection broke during the handshake: {exc}") from None
+    if scope.cancelled_caught:
+        raise HandshakeError(f"handshake not finished within {limits.handshake_timeout:g} s")
+    return Connection(stream, hs.result, reader, initiator=initiator, remote=remote, limits=limits)
+
+
+@dataclass
+class AdmissionControl:
+    """Who may start a handshake now: per-source token buckets and a half-open cap."""
+
+    limits: TransportLimits
+    half_open: int = 0
+    _buckets: dict[str, TokenBucket] = field(default_factory=dict)
+    # Bound the bucket table itself: a spoofing-free TCP attacker has few
+    # addresses, but a LAN can have many; full buckets are dropped first.
+    max_buckets: int = 4096
+
+    def admit(self, source: str, now: float) -> str | None:
+        """None if a handshake from `source` may start now, else why not."""
+        if self.half_open >= self.limits.max_half_open:
+            return f"too many handshakes in progress ({self.limits.max_half_open})"
+        bucket = self._buckets.get(source)
+        if bucket is None:
+            if len(self._buckets) >= self.max_buckets:
+                self._forget_full(now)
+            bucket = TokenBucket(self.limits.handshake_rate, self.limits.handshake_burst, now)
+            self._buckets[source] = bucket
+        if not bucket.take(now):
+            return f"too many new connections from {source}"
+        return None
+
+    def _forget_full(self, now: float) -> None:
+        for key in [k for k, b in self._buckets.items() if b.full(now)]:
+            del self._buckets[key]
+        while len(self._buckets) >= self.max_buckets:
+            self._buckets.pop(next(iter(self._buckets)))
+
+
+def format_address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def parse_address(text: str, default_port: int | None = None) -> tuple[str, int]:
+    """Parse HOST:PORT (or [V6]:PORT); ValueError with a clear message otherwise."""
+    text = text.strip()
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        port_text = rest[1:] if rest.startswith(":") else ""
+        if not sep or (rest and not rest.startswith(":")):
+            raise ValueError(f"bad address {text!r}: expected [IPV6]:PORT")
+    else:
+        host, sep, port_text = text.rpartition(":")
+        if not sep:
+            host, port_text = text, ""
+    if not host:
+        raise ValueError(f"bad address {text!r}: no host")
+    if not port_text:
+        if default_port is None:
+            raise ValueError(f"bad address {text!r}: expected HOST:PORT")
+        return host, default_port
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError(f"bad address {text!r}: port must be 0..65535")
+    return host, int(port_text)
+
+
+def backoff_delay(attempt: int, *, base: float, cap: float, jitter: float) -> float:
+    """Exponential backoff: base * 2^attempt, capped, times (1 - jitter*random).
+
+    `jitter` is a number in [0, 1) drawn by the caller, so tests choose it.
+    """
+    return min(cap, base * math.pow(2, min(attempt, 30))) * (1.0 - jitter / 2)
