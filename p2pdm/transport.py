@@ -44,7 +44,7 @@ class TransportLimits:
     handshake_burst: float = 20.0
     """...after a burst of this many (a restarting peer redials all at once)."""
     max_connections: int = 256
-    """Established connections; a mesh node keeps far fewer (docs/PROTOCOL.md)."""
+    """Established connections; a node in a small mesh keeps far fewer."""
     frame_rate: float = 20_000.0
     """Frames per second read from one peer; well above what a node sends."""
     frame_burst: float = 40_000.0
@@ -53,6 +53,8 @@ class TransportLimits:
     """Seconds without any frame before a peer is declared dead."""
     keepalive_interval: float = 30.0
     """Seconds of silence after which we send a PING (well under idle_timeout)."""
+    send_timeout: float = 30.0
+    """Seconds one frame may take to send: a peer that stops reading is dropped."""
 
 
 class TokenBucket:
@@ -119,6 +121,7 @@ class Connection:
         self._reader = reader
         self._pending: list[bytes] = []
         self._send_lock = trio.Lock()
+        self._send_timeout = limits.send_timeout
         self._budget = TokenBucket(limits.frame_rate, limits.frame_burst, trio.current_time())
         self.closed = False
 
@@ -131,9 +134,13 @@ class Connection:
         async with self._send_lock:
             data = wire.encode_frame(self._cipher.encrypt(plaintext))
             try:
-                await self.stream.send_all(data)
+                with trio.fail_after(self._send_timeout):
+                    await self.stream.send_all(data)
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 raise ConnectionClosed(f"send failed: {exc}") from None
+            except trio.TooSlowError:
+                # Part of a frame may be out: the stream cannot be used again.
+                raise ConnectionClosed(f"peer read nothing for {self._send_timeout:g} s") from None
 
     async def receive(self) -> bytes:
         """The next decrypted frame. Raises ConnectionClosed or TransportError."""

@@ -1,0 +1,710 @@
+"""The daemon: wires transport, sessions, the store and the outbox.
+
+Tasks (one nursery, structured):
+- a listener per address; each accepted stream is handshaken under the
+  transport's admission control, then becomes a `PeerLink`;
+- a dialler per bootstrap address, redialling with exponential backoff and
+  jitter while no connection to it is up;
+- the `Committer`, through which every store write goes: it batches whatever
+  is queued into one transaction (group commit) and only then lets anyone
+  acknowledge anything;
+- a housekeeping task that expires outbox entries and forgets old ids.
+
+Each `PeerLink` runs a reader, an acknowledger, a pusher (outbox -> peer,
+within the peer's window) and a keepalive, and ends when any of them ends.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from p2pdm import __version__, envelope, wire
+from p2pdm.envelope import EnvelopeError, MessageKind
+from p2pdm.handshake import HandshakeError, NoiseStatic, TransportError
+from p2pdm.session import (
+    DEFAULT_WINDOW,
+    AckReceived,
+    AckStatus,
+    ByeReceived,
+    Hello,
+    HelloReceived,
+    PingReceived,
+    PongReceived,
+    PushReceived,
+    Session,
+    SessionError,
+    State,
+)
+from p2pdm.store import AcceptResult, Store, StoreError
+from p2pdm.transport import (
+    AdmissionControl,
+    Connection,
+    ConnectionClosed,
+    TransportLimits,
+    backoff_delay,
+    format_address,
+    run_handshake,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable, Iterable
+    from pathlib import Path
+
+    from p2pdm.identity import Identity, NodeId
+    from p2pdm.store import OutboxRow
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PORT = 7707
+# A week: long enough for friends who are rarely online, short enough that
+# relays (and the seen-id table) do not grow without bound.
+DEFAULT_TTL_MS = 7 * 24 * 3600 * 1000
+MAX_TTL_MS = 30 * 24 * 3600 * 1000
+# Operations per group commit: large enough to amortise one fsync over a
+# full window of pushes from several peers, small enough to ack promptly.
+MAX_BATCH = 512
+# Receipts carry many ids; one envelope holds this many comfortably.
+MAX_RECEIPT_IDS = 256
+# A message pushed but not receipted is pushed again after this long.
+RESEND_AFTER_MS = 60_000
+# Connect timeout for dials; a bootstrap address that does not answer
+# within it is retried with backoff.
+DIAL_TIMEOUT = 10.0
+BACKOFF_BASE = 0.5
+BACKOFF_CAP = 60.0
+HOUSEKEEPING_INTERVAL = 60.0
+# Events kept for a slow event-stream subscriber before it is dropped.
+SUBSCRIBER_BUFFER = 1024
+AGENT = f"p2pdm/{__version__}"
+
+
+def wall_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    home: Path
+    listen: tuple[tuple[str, int], ...] = (("0.0.0.0", DEFAULT_PORT),)
+    bootstrap: tuple[tuple[str, int], ...] = ()
+    mdns: bool = True
+    relay: bool = True
+    window: int = DEFAULT_WINDOW
+    ttl_ms: int = DEFAULT_TTL_MS
+    limits: TransportLimits = field(default_factory=TransportLimits)
+
+
+# --- events for the local API -------------------------------------------------
+
+
+class EventHub:
+    """Fan-out of node events to API subscribers; a slow one is cut off, not waited for."""
+
+    def __init__(self) -> None:
+        self._subscribers: set[trio.MemorySendChannel[tuple[str, dict[str, Any]]]] = set()
+
+    def publish(self, name: str, data: dict[str, Any]) -> None:
+        for channel in list(self._subscribers):
+            try:
+                channel.send_nowait((name, data))
+            except trio.WouldBlock:
+                log.warning("event subscriber too slow; dropping it")
+                self._subscribers.discard(channel)
+                channel.close()
+            except trio.BrokenResourceError:
+                self._subscribers.discard(channel)
+
+    def subscribe(self) -> trio.MemoryReceiveChannel[tuple[str, dict[str, Any]]]:
+        send, receive = trio.open_memory_channel[tuple[str, dict[str, Any]]](SUBSCRIBER_BUFFER)
+        self._subscribers.add(send)
+        return receive
+
+
+# --- group commit -------------------------------------------------------------
+
+
+class Op(abc.ABC):
+    """One unit of work for the committer, applied inside a transaction."""
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.error: str | None = None
+
+    @abc.abstractmethod
+    def apply(self, store: Store, ctx: BatchContext) -> None:
+        """Write this op's rows; runs in the committer's worker thread."""
+
+
+@dataclass
+class BatchContext:
+    node: Node
+    now_ms: int
+    receipts: dict[NodeId, list[bytes]] = field(default_factory=dict)
+    events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    wake: set[NodeId] = field(default_factory=set)
+
+
+class Committer:
+    """Runs queued `Op`s in batches, one transaction per batch, in a worker thread.
+
+    Only after the commit returns are the ops' `done` events set, so nothing
+    is acknowledged (to the API or to a peer) before it is durable.
+    """
+
+    def __init__(self, node: Node, store: Store) -> None:
+        self._node = node
+        self._store = store
+        self._send, self._recv = trio.open_memory_channel[Op](MAX_BATCH * 4)
+        self.batches = 0
+        self.ops = 0
+
+    async def submit(self, op: Op) -> Op:
+        await self._send.send(op)
+        return op
+
+    async def run(self) -> None:
+        async with self._recv:
+            async for first in self._recv:
+                batch = [first]
+                while len(batch) < MAX_BATCH:
+                    try:
+                        batch.append(self._recv.receive_nowait())
+                    except trio.WouldBlock:
+                        break
+                ctx = BatchContext(self._node, self._node.now_ms())
+                try:
+                    await trio.to_thread.run_sync(self._apply, batch, ctx)
+                except StoreError as exc:
+                    log.error("store write failed, %d operations refused: %s", len(batch), exc)
+                    for op in batch:
+                        op.error = f"storage failure: {exc}"
+                        op.done.set()
+                    continue
+                self.batches += 1
+                self.ops += len(batch)
+                for op in batch:
+                    op.done.set()
+                for name, data in ctx.events:
+                    self._node.events.publish(name, data)
+                for peer in ctx.wake:
+                    self._node.poke(peer)
+
+    def _apply(self, batch: list[Op], ctx: BatchContext) -> None:
+        store = self._store
+        with store.transaction():
+            for op in batch:
+                op.apply(store, ctx)
+            ctx.node.seal_receipts(store, ctx)
+
+
+class Enqueue(Op):
+    """Messages the local user sends: committed to the outbox before the API answers."""
+
+    def __init__(self, rows: list[tuple[bytes, envelope.Outer, int, Any]]) -> None:
+        super().__init__()
+        self.rows = rows
+
+    def apply(self, store: Store, ctx: BatchContext) -> None:
+        for sealed, outer, kind, body in self.rows:
+            store.enqueue(
+                message_id=outer.message_id,
+                recipient=outer.recipient,
+                envelope=sealed,
+                kind=kind,
+                body=body,
+                now_ms=ctx.now_ms,
+                expires_ms=outer.expires_ms,
+            )
+            ctx.wake.add(outer.recipient)
+
+
+class IncomingPush(Op):
+    """An envelope a peer pushed; the ack status is decided inside the batch."""
+
+    def __init__(self, peer: NodeId, seq: int, data: bytes) -> None:
+        super().__init__()
+        self.peer, self.seq, self.data = peer, seq, data
+        self.status = AckStatus.REFUSED
+        self.reason = ""
+
+    def apply(self, store: Store, ctx: BatchContext) -> None:
+        node = ctx.node
+        try:
+            msg = envelope.open_envelope(node.identity, self.data, now_ms=ctx.now_ms)
+        except EnvelopeError as exc:
+            self.reason = str(exc)
+            if "addressed to" in self.reason and node.config.relay:
+                self.reason = "relaying for others is not available on this node yet"
+            return
+        result = store.accept_incoming(msg, self.data, ctx.now_ms)
+        if result is AcceptResult.STORED:
+            self.status = AckStatus.STORED
+            if msg.kind == MessageKind.RECEIPT:
+                ids = _receipt_ids(msg.body)
+                changed = store.mark_delivered(ids, ctx.now_ms, recipient=msg.sender)
+                for mid in changed:
+                    ctx.events.append(("delivered", {"id": mid.hex(), "by": str(msg.sender)}))
+            else:
+                ctx.receipts.setdefault(msg.sender, []).append(msg.message_id)
+                ctx.events.append(("message", node.inbox_event(msg)))
+        elif result is AcceptResult.DUPLICATE:
+            self.status = AckStatus.DUPLICATE
+            if msg.kind != MessageKind.RECEIPT:
+                # Our first receipt may have been lost: send another.
+                ctx.receipts.setdefault(msg.sender, []).append(msg.message_id)
+        elif result is AcceptResult.BLOCKED:
+            # Taken and dropped: the sender is not told it is blocked, and
+            # gets no receipt, so it stops pushing but never sees "delivered".
+            self.status = AckStatus.STORED
+        elif result is AcceptResult.EXPIRED:
+            self.reason = "message has expired"
+        else:
+            self.reason = "timestamp is more than 24 h in the future"
+
+
+class AckOutcome(Op):
+    """A peer acknowledged (or refused) one of our pushes."""
+
+    def __init__(self, peer: NodeId, row: OutboxRow, status: AckStatus, reason: str) -> None:
+        super().__init__()
+        self.peer, self.row, self.status, self.reason = peer, row, status, reason
+
+    def apply(self, store: Store, ctx: BatchContext) -> None:
+        row = self.row
+        if self.status is AckStatus.REFUSED:
+            store.note_attempt(row.message_id, ctx.now_ms)
+            return
+        if row.kind == MessageKind.RECEIPT and self.peer == row.recipient:
+            # A receipt needs no receipt: its recipient holding it is the end.
+            store.mark_delivered([row.message_id], ctx.now_ms, recipient=self.peer)
+        else:
+            store.mark_sent(row.message_id, ctx.now_ms)
+
+
+def _receipt_ids(body: Any) -> list[bytes]:
+    ids = body["ids"] if isinstance(body, dict) else []
+    return [i for i in ids if isinstance(i, bytes)]
+
+
+# --- one connected peer -------------------------------------------------------
+
+
+class PeerLink:
+    """A connection plus its session, and the tasks that drive them."""
+
+    def __init__(self, node: Node, conn: Connection) -> None:
+        self.node = node
+        self.conn = conn
+        self.peer = conn.peer
+        self.session = Session(Hello(node.config.window, node.config.relay, (), AGENT))
+        self.in_flight: dict[int, OutboxRow] = {}
+        self._wake = trio.Event()
+        self._acks_send, self._acks_recv = trio.open_memory_channel[IncomingPush](
+            node.config.window + 1
+        )
+        self.last_received = trio.current_time()
+        self.opened = trio.Event()
+        self.cancel_scope = trio.CancelScope()
+        self.close_reason = ""
+
+    def poke(self) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        try:
+            await self._run()
+        finally:
+            await self.conn.aclose()
+
+    async def _run(self) -> None:
+        with self.cancel_scope:
+            # HELLO goes first: the session refuses the peer's before ours is out.
+            if not await self._guarded(self._send_hello):
+                return
+            async with trio.open_nursery() as nursery:
+                for task in (self._reader, self._acker, self._keepalive, self._pusher):
+                    nursery.start_soon(self._until_done, task)
+
+    async def _send_hello(self) -> None:
+        await self.conn.send(self.session.hello_frame())
+
+    async def _until_done(self, task: Callable[[], Awaitable[None]]) -> None:
+        """The first of the link's tasks to end, for whatever reason, ends the link."""
+        await self._guarded(task)
+        self.cancel_scope.cancel()
+
+    async def _guarded(self, task: Callable[[], Awaitable[None]]) -> bool:
+        """Run `task`; a peer's fault becomes the close reason instead of an exception."""
+        try:
+            await task()
+        except (ConnectionClosed, TransportError) as exc:
+            self.close_reason = self.close_reason or str(exc)
+        except SessionError as exc:
+            self.close_reason = self.close_reason or f"protocol error: {exc}"
+            await self.say_bye(str(exc))
+        else:
+            return True
+        return False
+
+    async def say_bye(self, reason: str) -> None:
+        with trio.move_on_after(1) as scope:
+            scope.shield = True
+            with contextlib.suppress(ConnectionClosed, TransportError):
+                await self.conn.send(self.session.bye_frame(reason))
+
+    async def close(self, reason: str) -> None:
+        self.close_reason = reason
+        await self.say_bye(reason)
+        self.cancel_scope.cancel()
+
+    async def _reader(self) -> None:
+        while True:
+            frame = await self.conn.receive()
+            self.last_received = trio.current_time()
+            event = self.session.receive(frame)
+            if isinstance(event, PushReceived):
+                op = IncomingPush(self.peer, event.seq, event.envelope)
+                await self.node.committer.submit(op)
+                await self._acks_send.send(op)
+            elif isinstance(event, AckReceived):
+                row = self.in_flight.pop(event.seq)
+                if event.status is AckStatus.REFUSED:
+                    log.info(
+                        "peer %s refused %s: %s",
+                        self.peer.short(),
+                        row.message_id.hex()[:12],
+                        event.reason,
+                    )
+                await self.node.committer.submit(
+                    AckOutcome(self.peer, row, event.status, event.reason)
+                )
+                self.poke()
+            elif isinstance(event, PingReceived):
+                await self.conn.send(self.session.pong_frame(event.nonce))
+            elif isinstance(event, HelloReceived):
+                self.opened.set()
+            elif isinstance(event, ByeReceived):
+                self.close_reason = f"peer said goodbye: {event.reason}"
+                return
+            elif isinstance(event, PongReceived):
+                pass
+
+    async def _acker(self) -> None:
+        # Acks go out in push order, each only after its batch committed.
+        async for op in self._acks_recv:
+            await op.done.wait()
+            status, reason = op.status, op.reason
+            if op.error is not None:
+                status, reason = AckStatus.REFUSED, op.error
+            if self.session.state is not State.OPEN:
+                return
+            await self.conn.send(self.session.ack_frame(op.seq, status, reason))
+
+    async def _pusher(self) -> None:
+        node = self.node
+        await self.opened.wait()
+        while True:
+            self._wake = trio.Event()
+            free = self.session.send_window_free
+            if free > 0:
+                sending = {row.message_id for row in self.in_flight.values()}
+                rows = await node.store_call(
+                    node.store.pending_for,
+                    self.peer,
+                    node.now_ms(),
+                    free + len(sending),
+                    RESEND_AFTER_MS,
+                )
+                for row in [r for r in rows if r.message_id not in sending][:free]:
+                    seq, frame = self.session.push_frame(row.envelope)
+                    self.in_flight[seq] = row
+                    await self.conn.send(frame)
+            await self._wake.wait()
+
+    async def _keepalive(self) -> None:
+        limits = self.node.config.limits
+        nonce = 0
+        while True:
+            await trio.sleep(limits.keepalive_interval)
+            silent = trio.current_time() - self.last_received
+            if silent >= limits.idle_timeout:
+                self.close_reason = f"no frame for {silent:.0f} s: peer presumed dead"
+                return
+            if self.session.state is State.OPEN and silent >= limits.keepalive_interval:
+                nonce += 1
+                await self.conn.send(self.session.ping_frame(nonce))
+
+
+# --- the node -----------------------------------------------------------------
+
+
+class Node:
+    def __init__(
+        self,
+        config: NodeConfig,
+        identity: Identity,
+        store: Store,
+        *,
+        clock_ms: Callable[[], int] = wall_ms,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.config = config
+        self.identity = identity
+        self.store = store
+        self.now_ms = clock_ms
+        self._rng = rng or random.Random()
+        self.static = NoiseStatic.generate(identity)
+        self.committer = Committer(self, store)
+        self.events = EventHub()
+        self.links: dict[NodeId, PeerLink] = {}
+        self.bound: list[tuple[str, int]] = []
+        self._admission = AdmissionControl(config.limits)
+        self._store_lock = trio.Lock()
+        self._nursery: trio.Nursery | None = None
+        self.started_at = time.time()
+
+    # store access: one thread at a time, off the event loop
+    async def store_call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        async with self._store_lock:
+            return await trio.to_thread.run_sync(fn, *args)
+
+    def poke(self, peer: NodeId) -> None:
+        link = self.links.get(peer)
+        if link is not None:
+            link.poke()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            nursery.start_soon(self.committer.run)
+            for host, port in self.config.listen:
+                listeners = await trio.open_tcp_listeners(port, host=host)
+                for listener in listeners:
+                    sockname = listener.socket.getsockname()
+                    self.bound.append((sockname[0], sockname[1]))
+                    nursery.start_soon(self._serve, listener)
+            for host, port in self.config.bootstrap:
+                nursery.start_soon(self._bootstrap, host, port)
+            nursery.start_soon(self._housekeeping)
+            if self.config.mdns:
+                log.info("mDNS discovery is not part of this version; use --bootstrap")
+            log.info(
+                "node %s listening on %s",
+                self.identity.node_id,
+                ", ".join(format_address(h, p) for h, p in self.bound),
+            )
+            task_status.started()
+
+    async def shutdown(self) -> None:
+        """Say goodbye to every peer, then stop all tasks."""
+        with trio.move_on_after(2) as scope:
+            scope.shield = True
+            async with trio.open_nursery() as nursery:
+                for link in list(self.links.values()):
+                    nursery.start_soon(link.close, "node shutting down")
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
+
+    # --- connections ------------------------------------------------------
+
+    async def _serve(self, listener: trio.SocketListener) -> None:
+        async with listener:
+            while True:
+                stream = await listener.accept()
+                assert self._nursery is not None
+                self._nursery.start_soon(self._inbound, stream)
+
+    async def _inbound(self, stream: trio.SocketStream) -> None:
+        try:
+            peername = stream.socket.getpeername()
+        except OSError:
+            await stream.aclose()
+            return
+        source = str(peername[0])
+        remote = format_address(source, peername[1])
+        refusal = self._admission.admit(source, trio.current_time())
+        if refusal is None and len(self.links) >= self.config.limits.max_connections:
+            refusal = f"connection limit ({self.config.limits.max_connections}) reached"
+        if refusal is not None:
+            log.warning("refused connection from %s: %s", remote, refusal)
+            await stream.aclose()
+            return
+        self._admission.half_open += 1
+        try:
+            conn = await run_handshake(
+                stream,
+                self.identity,
+                self.static,
+                initiator=False,
+                remote=remote,
+                limits=self.config.limits,
+            )
+        except (HandshakeError, ConnectionClosed) as exc:
+            log.info("handshake from %s failed: %s", remote, exc)
+            await stream.aclose()
+            return
+        except BaseException:
+            await stream.aclose()
+            raise
+        finally:
+            self._admission.half_open -= 1
+        await self._run_link(conn)
+
+    async def dial(self, host: str, port: int, expected: NodeId | None = None) -> Connection:
+        remote = format_address(host, port)
+        with trio.fail_after(DIAL_TIMEOUT):
+            stream = await trio.open_tcp_stream(host, port)
+        try:
+            return await run_handshake(
+                stream,
+                self.identity,
+                self.static,
+                initiator=True,
+                remote=remote,
+                limits=self.config.limits,
+                expected_peer=expected,
+            )
+        except BaseException:
+            await stream.aclose()
+            raise
+
+    async def _bootstrap(self, host: str, port: int) -> None:
+        """Keep one connection to a bootstrap address, redialling with backoff."""
+        remote = format_address(host, port)
+        attempt = 0
+        while True:
+            try:
+                conn = await self.dial(host, port)
+            except (OSError, trio.TooSlowError, HandshakeError, ConnectionClosed) as exc:
+                delay = backoff_delay(
+                    attempt, base=BACKOFF_BASE, cap=BACKOFF_CAP, jitter=self._rng.random()
+                )
+                attempt += 1
+                log.info("dial %s failed (%s); retry in %.1f s", remote, exc, delay)
+                await trio.sleep(delay)
+                continue
+            attempt = 0
+            await self.store_call(
+                self.store.note_peer_address, conn.peer, host, port, "bootstrap", self.now_ms()
+            )
+            await self._run_link(conn)
+            # The link ended: wait a little before redialling, so that a peer
+            # that drops us at once is not hammered.
+            await trio.sleep(BACKOFF_BASE * (1 + self._rng.random()))
+
+    async def _run_link(self, conn: Connection) -> None:
+        peer = conn.peer
+        if peer == self.identity.node_id:
+            log.info("connection %r is to ourselves; closing", conn)
+            await conn.aclose()
+            return
+        try:
+            link = PeerLink(self, conn)
+        except BaseException:
+            await conn.aclose()
+            raise
+        existing = self.links.get(peer)
+        if existing is not None:
+            if self._keep_new(existing.conn, conn):
+                self.links[peer] = link
+                await existing.close("duplicate connection")
+            else:
+                await link.say_bye("duplicate connection")
+                await conn.aclose()
+                return
+        self.links[peer] = link
+        log.info("connected %s %s", "to" if conn.initiator else "from", peer)
+        await self.store_call(self.store.peer_seen, peer, self.now_ms())
+        self.events.publish("peer", {"id": str(peer), "connected": True})
+        try:
+            await link.run()
+        finally:
+            if self.links.get(peer) is link:
+                del self.links[peer]
+                self.events.publish("peer", {"id": str(peer), "connected": False})
+            log.info("disconnected %s: %s", peer, link.close_reason or "closed")
+
+    def _keep_new(self, old: Connection, new: Connection) -> bool:
+        """Both ends pick the same survivor: the one dialled by the lower node id."""
+        me = self.identity.node_id
+
+        def dialler(c: Connection) -> NodeId:
+            return me if c.initiator else c.peer
+
+        if dialler(old) == dialler(new):
+            return False  # same dialler twice: keep the one already running
+        return dialler(new) < dialler(old)
+
+    # --- background work --------------------------------------------------
+
+    async def _housekeeping(self) -> None:
+        while True:
+            now = self.now_ms()
+            expired = await self.store_call(self.store.expire_outbox, now)
+            purged = await self.store_call(self.store.purge_expired, now)
+            if expired or purged:
+                log.info(
+                    "housekeeping: %d outbox messages expired, %d ids forgotten", expired, purged
+                )
+            await trio.sleep(HOUSEKEEPING_INTERVAL)
+
+    def seal_receipts(self, store: Store, ctx: BatchContext) -> None:
+        """Inside a batch: one receipt envelope per sender for what it committed."""
+        for sender, ids in ctx.receipts.items():
+            for start in range(0, len(ids), MAX_RECEIPT_IDS):
+                chunk = ids[start : start + MAX_RECEIPT_IDS]
+                ids_value: list[wire.Value] = list(chunk)
+                body: dict[wire.Key, wire.Value] = {"ids": ids_value}
+                sealed = envelope.seal(
+                    self.identity,
+                    sender,
+                    MessageKind.RECEIPT,
+                    body,
+                    timestamp_ms=ctx.now_ms,
+                    expires_ms=ctx.now_ms + self.config.ttl_ms,
+                )
+                outer = envelope.parse_outer(sealed)
+                Enqueue([(sealed, outer, MessageKind.RECEIPT, body)]).apply(store, ctx)
+
+    # --- what the API calls ---------------------------------------------------
+
+    async def send_texts(
+        self, to: NodeId, texts: Iterable[str], ttl_ms: int | None = None
+    ) -> list[bytes]:
+        """Seal and commit messages; returns their ids once committed."""
+        ttl = self.config.ttl_ms if ttl_ms is None else ttl_ms
+        if not 0 < ttl <= MAX_TTL_MS:
+            raise ValueError(f"ttl must be between 1 ms and {MAX_TTL_MS // 86_400_000} days")
+        now = self.now_ms()
+        rows = []
+        for text in texts:
+            sealed = envelope.seal(
+                self.identity, to, MessageKind.TEXT, text, timestamp_ms=now, expires_ms=now + ttl
+            )
+            rows.append((sealed, envelope.parse_outer(sealed), int(MessageKind.TEXT), text))
+        op = await self.committer.submit(Enqueue(rows))
+        await op.done.wait()
+        if op.error is not None:
+            raise StoreError(op.error)
+        return [outer.message_id for _, outer, _, _ in rows]
+
+    def inbox_event(self, msg: envelope.Message) -> dict[str, Any]:
+        return {
+            "id": msg.message_id.hex(),
+            "from": str(msg.sender),
+            "to": str(msg.recipient),
+            "ts": msg.timestamp_ms / 1000,
+            "kind": msg.kind,
+            "text": msg.body if isinstance(msg.body, str) else None,
+        }
+
+    def connected(self) -> set[NodeId]:
+        return {peer for peer, link in self.links.items() if link.opened.is_set()}

@@ -1,0 +1,92 @@
+"""Two in-process nodes over real TCP on 127.0.0.1 (no API, no subprocess)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from p2pdm.identity import Identity
+from p2pdm.node import Node, NodeConfig
+from p2pdm.store import OutboxState, Store
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+DEADLINE = 30
+
+
+def make_node(tmp_path: Path, name: str, bootstrap: tuple[tuple[str, int], ...] = ()) -> Node:
+    home = tmp_path / name
+    home.mkdir()
+    config = NodeConfig(home=home, listen=(("127.0.0.1", 0),), bootstrap=bootstrap, mdns=False)
+    return Node(config, Identity.generate(), Store.open(home / "store.db"))
+
+
+async def next_event(
+    channel: trio.MemoryReceiveChannel[tuple[str, dict[str, Any]]], name: str
+) -> dict[str, Any]:
+    async for event, data in channel:
+        if event == name:
+            return data
+    raise AssertionError("event stream ended")
+
+
+async def test_two_nodes_exchange_messages_and_receipts(tmp_path: Path) -> None:
+    a = make_node(tmp_path, "a")
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(a.run)
+            b = make_node(tmp_path, "b", bootstrap=(a.bound[0],))
+            a_events = a.events.subscribe()
+            await nursery.start(b.run)
+            await next_event(a_events, "peer")
+            b_events = b.events.subscribe()
+
+            ids = await b.send_texts(a.identity.node_id, [f"hello {i}" for i in range(300)])
+            delivered: set[str] = set()
+            while len(delivered) < len(ids):
+                delivered.add((await next_event(b_events, "delivered"))["id"])
+            assert delivered == {i.hex() for i in ids}
+
+            inbox = a.store.inbox()
+            assert [r.body for r in inbox] == [f"hello {i}" for i in range(300)]
+            assert {r.sender for r in inbox} == {b.identity.node_id}
+            states = {r.state for r in b.store.outbox() if r.kind == 1}
+            assert states == {OutboxState.DELIVERED}
+            # Receipts B got were stored once each; none are shown as messages.
+            assert all(r.kind == 1 for r in a.store.inbox())
+            nursery.cancel_scope.cancel()
+
+
+async def test_simultaneous_dials_end_with_one_connection(tmp_path: Path) -> None:
+    a = make_node(tmp_path, "a")
+    b = make_node(tmp_path, "b")
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(a.run)
+            await nursery.start(b.run)
+            a_events, b_events = a.events.subscribe(), b.events.subscribe()
+            conn_ab = await a.dial(*b.bound[0])
+            conn_ba = await b.dial(*a.bound[0])
+            for node, conn in ((a, conn_ab), (b, conn_ba)):
+                nursery.start_soon(node._run_link, conn)
+            await next_event(a_events, "peer")
+            await next_event(b_events, "peer")
+            # Both sides settle on the connection dialled by the lower id.
+            lower = min(a.identity.node_id, b.identity.node_id)
+            while True:
+                links = (a.links.get(b.identity.node_id), b.links.get(a.identity.node_id))
+                if all(link is not None and link.opened.is_set() for link in links):
+                    dialers = {
+                        (node.identity.node_id if link.conn.initiator else link.peer)
+                        for node, link in zip((a, b), links, strict=True)
+                        if link is not None
+                    }
+                    if dialers == {lower}:
+                        break
+                await trio.testing.wait_all_tasks_blocked()
+            ids = await a.send_texts(b.identity.node_id, ["after the race"])
+            while (await next_event(a_events, "delivered"))["id"] != ids[0].hex():
+                pass
+            nursery.cancel_scope.cancel()
