@@ -7,34 +7,48 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import json
+import logging
 import os
 import sys
+import time
 from typing import TYPE_CHECKING
 
 from p2pdm import __version__
+from p2pdm.apiclient import ApiRequestError, ApiUnavailable
 from p2pdm.config import (
+    API_SOCKET_NAME,
     KEY_FILE_NAME,
     ConfigError,
     check_name,
     ensure_home,
+    load_config,
     resolve_home,
     write_initial_config,
 )
+from p2pdm.daemon import DaemonError
 from p2pdm.identity import (
     Identity,
     IdentityError,
     NodeId,
+    key_file_is_locked,
     key_file_node_id,
+    load_key_file,
     safety_number,
     write_key_file,
 )
+from p2pdm.transport import parse_address
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
     from pathlib import Path
 
+    from p2pdm.apiclient import ApiClient, EventStream
+
 PASSPHRASE_ENV = "P2PDM_PASSPHRASE"
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_TIMEOUT = 0, 1, 2, 3
+# Messages per API request when sending many from --stdin.
+SEND_CHUNK = 500
 
 
 class CliError(Exception):
@@ -80,6 +94,220 @@ def cmd_safety_number(home: Path, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# --- the daemon -------------------------------------------------------------
+
+
+def _unlock(home: Path) -> Identity:
+    path = home / KEY_FILE_NAME
+    passphrase = None
+    if key_file_is_locked(path):
+        passphrase = os.environ.get(PASSPHRASE_ENV)
+        if passphrase is None:
+            if not sys.stdin.isatty():
+                raise CliError(f"the key is locked: set ${PASSPHRASE_ENV} or run on a terminal")
+            passphrase = getpass.getpass("Passphrase: ")
+    return load_key_file(path, passphrase)
+
+
+def _addresses(
+    values: list[str], what: str, default_port: int | None
+) -> tuple[tuple[str, int], ...]:
+    out = []
+    for value in values:
+        try:
+            out.append(parse_address(value, default_port))
+        except ValueError as exc:
+            raise CliError(f"{what}: {exc}", EXIT_USAGE) from None
+    return tuple(out)
+
+
+def cmd_run(home: Path, args: argparse.Namespace) -> int:
+    from p2pdm.daemon import run_daemon
+    from p2pdm.node import DEFAULT_PORT, DEFAULT_TTL_MS, NodeConfig
+
+    conf = load_config(home)
+    level = (args.log_level or str(conf.get("log_level", "info"))).upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise CliError(f"log level must be debug, info, warning or error, not {level!r}", 2)
+    logging.basicConfig(
+        level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    listen = args.listen or list(conf.get("listen", [f"0.0.0.0:{DEFAULT_PORT}"]))  # type: ignore[call-overload]
+    bootstrap = args.bootstrap or list(conf.get("bootstrap", []))  # type: ignore[call-overload]
+    mdns = bool(conf.get("mdns", True)) if args.mdns is None else args.mdns
+    relay = bool(conf.get("relay", True)) if args.relay is None else args.relay
+    ttl_days = conf.get("ttl_days")
+    config = NodeConfig(
+        home=home,
+        listen=_addresses(listen, "--listen", DEFAULT_PORT),
+        bootstrap=_addresses(bootstrap, "--bootstrap", DEFAULT_PORT),
+        mdns=mdns,
+        relay=relay,
+        ttl_ms=int(ttl_days) * 86_400_000 if isinstance(ttl_days, int) else DEFAULT_TTL_MS,
+    )
+    identity = _unlock(home)
+    return run_daemon(config, identity)
+
+
+# --- commands that talk to the running node ---------------------------------
+
+
+def _client(home: Path, timeout: float = 30.0) -> ApiClient:
+    from p2pdm.apiclient import ApiClient
+
+    return ApiClient(home / API_SOCKET_NAME, timeout=timeout)
+
+
+def _print_json_lines(items: list[dict[str, object]]) -> None:
+    for item in items:
+        print(json.dumps(item, ensure_ascii=False))
+
+
+def _texts_from(args: argparse.Namespace) -> list[str]:
+    if args.stdin:
+        if args.text is not None:
+            raise CliError("give TEXT or --stdin, not both", EXIT_USAGE)
+        texts = [line.rstrip("\n") for line in sys.stdin]
+        texts = [t for t in texts if t.strip()]
+        if not texts:
+            raise CliError("no text on standard input", EXIT_USAGE)
+        return texts
+    if args.text is None or not args.text.strip():
+        raise CliError("empty text: nothing to send", EXIT_USAGE)
+    return [args.text]
+
+
+def cmd_send(home: Path, args: argparse.Namespace) -> int:
+    texts = _texts_from(args)
+    client = _client(home)
+    events = client.events("/v1/events") if args.wait is not None else None
+    try:
+        ids: list[str] = []
+        # Big inputs go in chunks so each request stays small.
+        for start in range(0, len(texts), SEND_CHUNK):
+            answer = client.post(
+                "/v1/messages", {"to": args.peer, "texts": texts[start : start + SEND_CHUNK]}
+            )
+            for mid in answer["ids"]:
+                print(mid, flush=True)
+                ids.append(mid)
+        if events is None:
+            return EXIT_OK
+        return _wait_delivered(client, events, set(ids), args.wait)
+    finally:
+        if events is not None:
+            events.close()
+
+
+def _wait_delivered(client: ApiClient, events: EventStream, ids: set[str], seconds: float) -> int:
+    deadline = time.monotonic() + seconds
+    states = client.get("/v1/outbox", ids=",".join(sorted(ids)))["messages"]
+    waiting = {m["id"] for m in states if m["state"] not in ("delivered", "read")}
+    while waiting:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            print(
+                f"p2pdm: {len(waiting)} of {len(ids)} not yet delivered; they stay queued",
+                file=sys.stderr,
+            )
+            return EXIT_TIMEOUT
+        event = events.next(timeout=left)
+        if event is not None and event[0] == "delivered":
+            waiting.discard(event[1].get("id"))
+    return EXIT_OK
+
+
+def _inbox_line(m: dict[str, object], as_json: bool) -> str:
+    if as_json:
+        return json.dumps(m, ensure_ascii=False)
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(m["ts"])))  # type: ignore[arg-type]
+    sender = m.get("from_name") or str(m["from"])[:12]
+    return f"{when} {sender}: {m.get('text')}"
+
+
+def cmd_inbox(home: Path, args: argparse.Namespace) -> int:
+    client = _client(home)
+    query: dict[str, object] = {}
+    if args.peer:
+        query["peer"] = args.peer
+    if args.limit is not None:
+        query["limit"] = args.limit
+    only_from = client.get("/v1/resolve", peer=args.peer)["id"] if args.peer else None
+    events = client.events("/v1/events") if args.follow else None
+    try:
+        shown: set[str] = set()
+        for m in client.get("/v1/inbox", **query)["messages"]:
+            shown.add(m["id"])
+            print(_inbox_line(m, args.json), flush=True)
+        if events is None:
+            return EXIT_OK
+        while True:
+            event = events.next(timeout=None)
+            if event is None or event[0] != "message":
+                continue
+            m = event[1]
+            if m["id"] in shown or (only_from is not None and m["from"] != only_from):
+                continue
+            shown.add(m["id"])
+            print(_inbox_line(m, args.json), flush=True)
+    except KeyboardInterrupt:
+        return EXIT_OK
+    finally:
+        if events is not None:
+            events.close()
+
+
+def cmd_outbox(home: Path, args: argparse.Namespace) -> int:
+    for m in _client(home).get("/v1/outbox")["messages"]:
+        if args.json:
+            print(json.dumps(m, ensure_ascii=False))
+        else:
+            print(f"{m['id'][:16]} {m['state']:<9} to {str(m['to'])[:12]}: {m.get('text')}")
+    return EXIT_OK
+
+
+def cmd_status(home: Path, args: argparse.Namespace) -> int:
+    status = _client(home).get("/v1/status")
+    if args.json:
+        print(json.dumps(status, ensure_ascii=False))
+    else:
+        for key, value in status.items():
+            print(f"{key}: {value}")
+    return EXIT_OK
+
+
+def cmd_peers(home: Path, args: argparse.Namespace) -> int:
+    for p in _client(home).get("/v1/peers")["peers"]:
+        if args.json:
+            print(json.dumps(p, ensure_ascii=False))
+        else:
+            state = "connected" if p["connected"] else "offline"
+            print(f"{p['id']} {state:<9} {' '.join(p['addresses'])}")
+    return EXIT_OK
+
+
+def cmd_contacts(home: Path, args: argparse.Namespace) -> int:
+    client = _client(home)
+    if args.action == "list":
+        for c in client.get("/v1/contacts")["contacts"]:
+            if args.json:
+                print(json.dumps(c, ensure_ascii=False))
+            else:
+                flag = " (blocked)" if c["blocked"] else ""
+                print(f"{c['id']} {c.get('name') or ''}{flag}")
+        return EXIT_OK
+    if args.action == "add":
+        body: dict[str, object] = {"id": args.target}
+        if args.name:
+            body["name"] = args.name
+        client.post("/v1/contacts", body)
+    elif args.action == "remove":
+        client.delete(f"/v1/contacts/{args.target}")
+    else:
+        client.post(f"/v1/contacts/{args.target}/{args.action}", {})
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="p2pdm", description="Peer-to-peer direct messaging.")
     parser.add_argument("--version", action="version", version=f"p2pdm {__version__}")
@@ -103,6 +331,87 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("safety-number", help="the number to compare with a peer out of band")
     p.add_argument("peer", help="the peer's node id")
     p.set_defaults(func=cmd_safety_number)
+
+    p = sub.add_parser("run", help="run the node daemon in the foreground")
+    p.add_argument(
+        "--listen",
+        action="append",
+        metavar="HOST:PORT",
+        help="address to listen on (repeatable; default 0.0.0.0:7707, port 0 picks one)",
+    )
+    p.add_argument(
+        "--bootstrap",
+        action="append",
+        metavar="HOST:PORT",
+        help="peer address to keep connected (repeatable)",
+    )
+    p.add_argument(
+        "--no-mdns",
+        dest="mdns",
+        action="store_false",
+        default=None,
+        help="do not use mDNS on the local network",
+    )
+    relay = p.add_mutually_exclusive_group()
+    relay.add_argument(
+        "--relay",
+        dest="relay",
+        action="store_true",
+        default=None,
+        help="hold mail for other peers (default)",
+    )
+    relay.add_argument(
+        "--no-relay", dest="relay", action="store_false", help="do not hold mail for other peers"
+    )
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("send", help="send a message (prints its id once stored)")
+    p.add_argument("peer", help="node id, unique prefix of one, or contact name")
+    p.add_argument("text", nargs="?", help="the message")
+    p.add_argument("--stdin", action="store_true", help="one message per line of input")
+    p.add_argument(
+        "--wait",
+        type=float,
+        metavar="SECONDS",
+        help="wait for delivery receipts: exit 0 when all came, 3 on timeout",
+    )
+    p.set_defaults(func=cmd_send)
+
+    p = sub.add_parser("inbox", help="received messages, oldest first")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.add_argument("--follow", action="store_true", help="keep printing new messages")
+    p.add_argument("--peer", help="only messages from this peer")
+    p.add_argument("--limit", type=int, help="only the last N messages")
+    p.set_defaults(func=cmd_inbox)
+
+    p = sub.add_parser("outbox", help="sent messages and their state")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.set_defaults(func=cmd_outbox)
+
+    p = sub.add_parser("status", help="the running node's state")
+    p.add_argument("--json", action="store_true", help="one JSON object")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("peers", help="known peers and whether they are connected")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.set_defaults(func=cmd_peers)
+
+    p = sub.add_parser("contacts", help="manage contacts")
+    csub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    c = csub.add_parser("add", help="add a contact")
+    c.add_argument("target", metavar="ID")
+    c.add_argument("--name")
+    c = csub.add_parser("list", help="list contacts")
+    c.add_argument("--json", action="store_true")
+    for action, text in (
+        ("remove", "forget a contact"),
+        ("block", "drop all messages from a peer"),
+        ("unblock", "accept messages from a peer again"),
+    ):
+        c = csub.add_parser(action, help=text)
+        c.add_argument("target", metavar="PEER")
+    p.set_defaults(func=cmd_contacts)
     return parser
 
 
@@ -117,6 +426,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (IdentityError, ConfigError) as exc:
         print(f"p2pdm: {exc}", file=sys.stderr)
         return EXIT_USAGE if args.command == "safety-number" else EXIT_FAILED
+    except DaemonError as exc:
+        print(f"p2pdm: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except ApiUnavailable as exc:
+        print(f"p2pdm: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except ApiRequestError as exc:
+        print(f"p2pdm: {exc}", file=sys.stderr)
+        return EXIT_USAGE if 400 <= exc.status < 500 else EXIT_FAILED
     return code
 
 

@@ -14,6 +14,8 @@ from pathlib import Path
 HOME_ENV = "P2PDM_HOME"
 KEY_FILE_NAME = "identity.key"
 CONFIG_FILE_NAME = "config.toml"
+STORE_FILE_NAME = "store.db"
+API_SOCKET_NAME = "api.sock"
 # A display name is for people: short, one line.
 MAX_NAME_LEN = 64
 
@@ -62,3 +64,45 @@ def write_initial_config(home: Path, name: str | None) -> None:
         # A JSON string with ensure_ascii is a valid TOML basic string.
         lines.append(f"name = {json.dumps(check_name(name))}\n")
     path.write_text("".join(lines), encoding="utf-8")
+
+
+# --- config.toml ------------------------------------------------------------
+
+# Each key, its type, and what it means; every key also has a flag of `run`.
+CONFIG_KEYS: dict[str, tuple[type, str]] = {
+    "name": (str, "display name of this node"),
+    "listen": (list, 'addresses to listen on, e.g. ["0.0.0.0:7707"]'),
+    "bootstrap": (list, 'peers to keep dialling, e.g. ["192.168.1.20:7707"]'),
+    "mdns": (bool, "find peers on the local network by mDNS"),
+    "relay": (bool, "hold mail for other peers"),
+    "log_level": (str, "debug, info, warning or error"),
+    "ttl_days": (int, "how long sent messages live before they expire"),
+}
+
+
+def load_config(home: Path) -> dict[str, object]:
+    """Read and check config.toml; a missing file is an empty config."""
+    import tomllib
+
+    path = home / CONFIG_FILE_NAME
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return {}
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
+    for key, value in doc.items():
+        spec = CONFIG_KEYS.get(key)
+        if spec is None:
+            known = ", ".join(sorted(CONFIG_KEYS))
+            raise ConfigError(f"{path}: unknown key {key!r} (known keys: {known})")
+        kind, meaning = spec
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise ConfigError(f"{path}: {key} must be a {kind.__name__} ({meaning})")
+        if isinstance(value, list) and not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{path}: {key} must be a list of strings ({meaning})")
+    return doc

@@ -21,6 +21,7 @@ import contextlib
 import logging
 import random
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -73,6 +74,8 @@ MAX_TTL_MS = 30 * 24 * 3600 * 1000
 MAX_BATCH = 512
 # Receipts carry many ids; one envelope holds this many comfortably.
 MAX_RECEIPT_IDS = 256
+# Messages a link holds in memory to push; more wait in the store.
+MAX_LINK_QUEUE = 1024
 # A message pushed but not receipted is pushed again after this long.
 RESEND_AFTER_MS = 60_000
 # Connect timeout for dials; a bootstrap address that does not answer
@@ -131,12 +134,29 @@ class EventHub:
 # --- group commit -------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Outgoing:
+    """What a link needs to push one outbox message."""
+
+    message_id: bytes
+    recipient: NodeId
+    envelope: bytes
+    kind: int
+
+    @classmethod
+    def from_row(cls, row: OutboxRow) -> Outgoing:
+        return cls(row.message_id, row.recipient, row.envelope, row.kind)
+
+
 class Op(abc.ABC):
     """One unit of work for the committer, applied inside a transaction."""
 
     def __init__(self) -> None:
         self.done = trio.Event()
         self.error: str | None = None
+
+    def prepare(self, ctx: BatchContext) -> None:  # noqa: B027 (optional hook)
+        """Work that needs no store, done before the transaction (worker thread)."""
 
     @abc.abstractmethod
     def apply(self, store: Store, ctx: BatchContext) -> None:
@@ -149,7 +169,7 @@ class BatchContext:
     now_ms: int
     receipts: dict[NodeId, list[bytes]] = field(default_factory=dict)
     events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
-    wake: set[NodeId] = field(default_factory=set)
+    outgoing: list[Outgoing] = field(default_factory=list)
 
 
 class Committer:
@@ -180,6 +200,7 @@ class Committer:
                     except trio.WouldBlock:
                         break
                 ctx = BatchContext(self._node, self._node.now_ms())
+                started = trio.current_time()
                 try:
                     await trio.to_thread.run_sync(self._apply, batch, ctx)
                 except StoreError as exc:
@@ -190,15 +211,20 @@ class Committer:
                     continue
                 self.batches += 1
                 self.ops += len(batch)
+                log.debug(
+                    "committed %d ops in %.1f ms", len(batch), (trio.current_time() - started) * 1e3
+                )
                 for op in batch:
                     op.done.set()
                 for name, data in ctx.events:
                     self._node.events.publish(name, data)
-                for peer in ctx.wake:
-                    self._node.poke(peer)
+                for out in ctx.outgoing:
+                    self._node.offer(out)
 
     def _apply(self, batch: list[Op], ctx: BatchContext) -> None:
         store = self._store
+        for op in batch:
+            op.prepare(ctx)  # crypto and parsing, outside the transaction's lock
         with store.transaction():
             for op in batch:
                 op.apply(store, ctx)
@@ -214,7 +240,7 @@ class Enqueue(Op):
 
     def apply(self, store: Store, ctx: BatchContext) -> None:
         for sealed, outer, kind, body in self.rows:
-            store.enqueue(
+            new = store.enqueue(
                 message_id=outer.message_id,
                 recipient=outer.recipient,
                 envelope=sealed,
@@ -223,7 +249,8 @@ class Enqueue(Op):
                 now_ms=ctx.now_ms,
                 expires_ms=outer.expires_ms,
             )
-            ctx.wake.add(outer.recipient)
+            if new:
+                ctx.outgoing.append(Outgoing(outer.message_id, outer.recipient, sealed, kind))
 
 
 class IncomingPush(Op):
@@ -234,16 +261,24 @@ class IncomingPush(Op):
         self.peer, self.seq, self.data = peer, seq, data
         self.status = AckStatus.REFUSED
         self.reason = ""
+        self.message: envelope.Message | None = None
+
+    def prepare(self, ctx: BatchContext) -> None:
+        node = ctx.node
+        try:
+            outer = envelope.parse_outer(self.data)
+            if outer.recipient != node.identity.node_id:
+                self.reason = "this node does not carry mail for others yet"
+                return
+            self.message = envelope.open_envelope(node.identity, self.data, now_ms=ctx.now_ms)
+        except EnvelopeError as exc:
+            self.reason = str(exc)
 
     def apply(self, store: Store, ctx: BatchContext) -> None:
         node = ctx.node
-        try:
-            msg = envelope.open_envelope(node.identity, self.data, now_ms=ctx.now_ms)
-        except EnvelopeError as exc:
-            self.reason = str(exc)
-            if "addressed to" in self.reason and node.config.relay:
-                self.reason = "relaying for others is not available on this node yet"
-            return
+        msg = self.message
+        if msg is None:
+            return  # refused in prepare(); the reason is set
         result = store.accept_incoming(msg, self.data, ctx.now_ms)
         if result is AcceptResult.STORED:
             self.status = AckStatus.STORED
@@ -257,7 +292,7 @@ class IncomingPush(Op):
                 ctx.events.append(("message", node.inbox_event(msg)))
         elif result is AcceptResult.DUPLICATE:
             self.status = AckStatus.DUPLICATE
-            if msg.kind != MessageKind.RECEIPT:
+            if msg.kind != MessageKind.RECEIPT and not store.is_blocked(msg.sender):
                 # Our first receipt may have been lost: send another.
                 ctx.receipts.setdefault(msg.sender, []).append(msg.message_id)
         elif result is AcceptResult.BLOCKED:
@@ -273,7 +308,7 @@ class IncomingPush(Op):
 class AckOutcome(Op):
     """A peer acknowledged (or refused) one of our pushes."""
 
-    def __init__(self, peer: NodeId, row: OutboxRow, status: AckStatus, reason: str) -> None:
+    def __init__(self, peer: NodeId, row: Outgoing, status: AckStatus, reason: str) -> None:
         super().__init__()
         self.peer, self.row, self.status, self.reason = peer, row, status, reason
 
@@ -305,7 +340,15 @@ class PeerLink:
         self.conn = conn
         self.peer = conn.peer
         self.session = Session(Hello(node.config.window, node.config.relay, (), AGENT))
-        self.in_flight: dict[int, OutboxRow] = {}
+        self.in_flight: dict[int, Outgoing] = {}
+        # Messages to push, fed by the committer as they are committed and
+        # from the store when the link opens; bounded, the store has the rest.
+        self.queue: deque[Outgoing] = deque()
+        self._queued: set[bytes] = set()
+        self._reload = True
+        # Acked pushes whose outcome is not committed yet: the store still
+        # shows them pending, so the pusher must not send them again.
+        self.settling: dict[bytes, Op] = {}
         self._wake = trio.Event()
         self._acks_send, self._acks_recv = trio.open_memory_channel[IncomingPush](
             node.config.window + 1
@@ -317,6 +360,21 @@ class PeerLink:
 
     def poke(self) -> None:
         self._wake.set()
+
+    def _busy_ids(self) -> set[bytes]:
+        busy = {out.message_id for out in self.in_flight.values()}
+        busy.update(self.settling)
+        busy.update(self._queued)
+        return busy
+
+    def offer(self, out: Outgoing) -> None:
+        """A message for this peer was just committed: queue it for pushing."""
+        if len(self.queue) >= MAX_LINK_QUEUE:
+            self._reload = True  # the store has it; load it when the queue drains
+        elif out.message_id not in self._busy_ids():
+            self.queue.append(out)
+            self._queued.add(out.message_id)
+        self.poke()
 
     async def run(self) -> None:
         try:
@@ -409,25 +467,34 @@ class PeerLink:
             await self.conn.send(self.session.ack_frame(op.seq, status, reason))
 
     async def _pusher(self) -> None:
-        node = self.node
         await self.opened.wait()
         while True:
             self._wake = trio.Event()
-            free = self.session.send_window_free
-            if free > 0:
-                sending = {row.message_id for row in self.in_flight.values()}
-                rows = await node.store_call(
-                    node.store.pending_for,
-                    self.peer,
-                    node.now_ms(),
-                    free + len(sending),
-                    RESEND_AFTER_MS,
-                )
-                for row in [r for r in rows if r.message_id not in sending][:free]:
-                    seq, frame = self.session.push_frame(row.envelope)
-                    self.in_flight[seq] = row
-                    await self.conn.send(frame)
+            if self.session.send_window_free > 0 and not self.queue and self._reload:
+                await self._load()
+            while self.session.send_window_free > 0 and self.queue:
+                out = self.queue.popleft()
+                self._queued.discard(out.message_id)
+                seq, frame = self.session.push_frame(out.envelope)
+                self.in_flight[seq] = out
+                await self.conn.send(frame)
             await self._wake.wait()
+
+    async def _load(self) -> None:
+        """Refill the queue from the store: at link start, and when it overflowed."""
+        node = self.node
+        for mid in [m for m, op in self.settling.items() if op.done.is_set()]:
+            del self.settling[mid]
+        busy = self._busy_ids()
+        limit = MAX_LINK_QUEUE + len(busy)
+        rows = await node.store_call(
+            node.store.pending_for, self.peer, node.now_ms(), limit, RESEND_AFTER_MS
+        )
+        self._reload = len(rows) == limit
+        for row in rows:
+            if row.message_id not in busy:
+                self.queue.append(Outgoing.from_row(row))
+                self._queued.add(row.message_id)
 
     async def _keepalive(self) -> None:
         limits = self.node.config.limits
@@ -438,6 +505,9 @@ class PeerLink:
             if silent >= limits.idle_timeout:
                 self.close_reason = f"no frame for {silent:.0f} s: peer presumed dead"
                 return
+            # Refused and unreceipted messages become due again over time.
+            self._reload = True
+            self.poke()
             if self.session.state is State.OPEN and silent >= limits.keepalive_interval:
                 nonce += 1
                 await self.conn.send(self.session.ping_frame(nonce))
@@ -476,10 +546,10 @@ class Node:
         async with self._store_lock:
             return await trio.to_thread.run_sync(fn, *args)
 
-    def poke(self, peer: NodeId) -> None:
-        link = self.links.get(peer)
+    def offer(self, out: Outgoing) -> None:
+        link = self.links.get(out.recipient)
         if link is not None:
-            link.poke()
+            link.offer(out)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:

@@ -768,8 +768,11 @@ class Store:
         peer: NodeId | None = None,
         limit: int | None = None,
         after_seq: int | None = None,
+        exclude_kinds: Sequence[int] = (),
     ) -> list[InboxRow]:
         """Received messages, oldest first, optionally only those from `peer`.
+
+        `exclude_kinds` leaves out kinds that are not for people (receipts).
 
         With `after_seq`: the first `limit` rows with seq > after_seq, to
         follow the inbox (pass the last seq seen). Without it: the latest
@@ -783,6 +786,9 @@ class Store:
         if after_seq is not None:
             where.append("seq > ?")
             args.append(self._check_limit(after_seq, "after_seq"))
+        if exclude_kinds:
+            where.append(f"kind NOT IN ({', '.join('?' * len(exclude_kinds))})")
+            args.extend(int(k) for k in exclude_kinds)
         sql = f"SELECT {_INBOX_COLUMNS} FROM inbox"
         if where:
             sql += " WHERE " + " AND ".join(where)

@@ -213,3 +213,32 @@ async def test_peer_that_never_reads_is_dropped(harness: Harness) -> None:
         assert lazy.node_id not in a.links
         await conn.aclose()
         await harness.legit_exchange()
+
+
+async def test_blocked_sender_gets_no_receipt_even_on_resend(harness: Harness) -> None:
+    a = harness.a
+    mallory = Identity.generate()
+    a.store.set_blocked(mallory.node_id, True, a.now_ms())
+    with trio.fail_after(DEADLINE):
+        conn, session = await connect_raw(harness.port, mallory)
+        spam = envelope.seal(
+            mallory,
+            a.identity.node_id,
+            MessageKind.TEXT,
+            "spam",
+            timestamp_ms=a.now_ms(),
+            expires_ms=a.now_ms() + 60_000,
+        )
+        statuses = []
+        for _ in range(2):
+            _, frame = session.push_frame(spam)
+            await conn.send(frame)
+            while True:
+                event = session.receive(await conn.receive())
+                if isinstance(event, AckReceived):
+                    statuses.append(event.status)
+                    break
+        await conn.aclose()
+    assert statuses == [AckStatus.STORED, AckStatus.DUPLICATE]
+    assert all(r.sender != mallory.node_id for r in a.store.inbox())
+    assert a.store.pending_for(mallory.node_id, a.now_ms()) == []

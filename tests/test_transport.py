@@ -191,3 +191,32 @@ def test_backoff_grows_caps_and_jitters() -> None:
     assert delays[:4] == [0.5, 1.0, 2.0, 4.0]
     assert max(delays) == 60
     assert backoff_delay(3, base=0.5, cap=60, jitter=0.999) == pytest.approx(4.0 * 0.5005)
+
+
+async def test_unsupported_version_gets_a_clear_refusal_over_the_stream() -> None:
+    from p2pdm.handshake import Handshake, PeerRefused
+
+    alice, bob = Identity.generate(), Identity.generate()
+    left, right = trio.testing.memory_stream_pair()
+    future = Handshake(alice, initiator=True, versions=[9])
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+
+            async def responder() -> None:
+                with pytest.raises(HandshakeError, match="no common protocol version"):
+                    await run_handshake(
+                        right,
+                        bob,
+                        NoiseStatic.generate(bob),
+                        initiator=False,
+                        remote="m",
+                        limits=LIMITS,
+                    )
+
+            nursery.start_soon(responder)
+            await left.send_all(wire.encode_frame(future.start()))
+            reader = wire.FrameReader()
+            while not (frames := list(reader.frames())):
+                reader.feed(await left.receive_some(65536))
+            with pytest.raises(PeerRefused, match="this node speaks \\[1\\]"):
+                future.receive(frames[0])

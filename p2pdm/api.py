@@ -1,0 +1,314 @@
+"""The local API of a running node: routes over `httpapi`, answering from `Node`.
+
+Every route and its JSON shapes are in `OPENAPI` below, served at
+`/openapi.json`. Errors are `{"error": ..., "hint": ...}` with a 4xx status
+for the caller's mistakes and 5xx for the node's.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from p2pdm import __version__
+from p2pdm.envelope import MAX_TEXT_LEN, MessageKind
+from p2pdm.httpapi import ApiError, Request, Response, Router, StreamResponse, json_response
+from p2pdm.store import StoreError
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from p2pdm.identity import NodeId
+    from p2pdm.node import Node
+    from p2pdm.store import InboxRow, OutboxRow
+
+# One request may send this many messages (the CLI chunks --stdin by it).
+MAX_TEXTS_PER_REQUEST = 1000
+MAX_LIST = 100_000
+# Comment lines on the event stream, so a dead client is noticed.
+EVENT_KEEPALIVE = 15.0
+
+
+def _ms_to_s(ms: int | None) -> float | None:
+    return None if ms is None else ms / 1000
+
+
+def inbox_json(row: InboxRow, names: dict[NodeId, str]) -> dict[str, Any]:
+    return {
+        "id": row.message_id.hex(),
+        "from": str(row.sender),
+        "from_name": names.get(row.sender),
+        "to": str(row.recipient),
+        "ts": row.timestamp_ms / 1000,
+        "received": row.received_ms / 1000,
+        "kind": row.kind,
+        "text": row.body if isinstance(row.body, str) else None,
+        "read": row.read,
+        "seq": row.seq,
+    }
+
+
+def outbox_json(row: OutboxRow) -> dict[str, Any]:
+    return {
+        "id": row.message_id.hex(),
+        "to": str(row.recipient),
+        "ts": row.created_ms / 1000,
+        "expires": row.expires_ms / 1000,
+        "kind": row.kind,
+        "text": row.body if isinstance(row.body, str) else None,
+        "state": row.state.value,
+        "attempts": row.attempts,
+        "relayed_to": row.relayed_to,
+        "delivered": _ms_to_s(row.delivered_ms),
+    }
+
+
+def _int_query(request: Request, name: str, lo: int, hi: int) -> int | None:
+    raw = request.query.get(name)
+    if raw is None:
+        return None
+    if not raw.isdigit() or not lo <= int(raw) <= hi:
+        raise ApiError(400, f"{name} must be an integer in {lo}..{hi}")
+    return int(raw)
+
+
+class Api:
+    def __init__(self, node: Node) -> None:
+        self.node = node
+
+    def router(self) -> Router:
+        r = Router()
+        r.route("GET", "/openapi.json")(self.openapi)
+        r.route("GET", "/v1/status")(self.status)
+        r.route("POST", "/v1/messages")(self.send)
+        r.route("GET", "/v1/inbox")(self.inbox)
+        r.route("GET", "/v1/outbox")(self.outbox)
+        r.route("GET", "/v1/peers")(self.peers)
+        r.route("GET", "/v1/resolve")(self.resolve)
+        r.route("GET", "/v1/contacts")(self.contacts)
+        r.route("POST", "/v1/contacts")(self.add_contact)
+        r.route("DELETE", "/v1/contacts/{peer}")(self.remove_contact)
+        r.route("POST", "/v1/contacts/{peer}/block")(self.block)
+        r.route("POST", "/v1/contacts/{peer}/unblock")(self.unblock)
+        r.route("GET", "/v1/events")(self.event_stream)
+        return r
+
+    async def _store(self, fn: Any, *args: Any) -> Any:
+        try:
+            return await self.node.store_call(fn, *args)
+        except StoreError as exc:
+            raise ApiError(400, str(exc)) from None
+
+    async def _resolve(self, text: object) -> NodeId:
+        if not isinstance(text, str) or not text.strip():
+            raise ApiError(400, "peer must be a node id, a unique prefix of one, or a contact name")
+        try:
+            peer: NodeId = await self.node.store_call(self.node.store.resolve_peer, text.strip())
+        except StoreError as exc:
+            raise ApiError(400, str(exc), "see `p2pdm contacts list` and `p2pdm peers`") from None
+        return peer
+
+    async def openapi(self, request: Request) -> Response:
+        return json_response(OPENAPI)
+
+    async def status(self, request: Request) -> Response:
+        node = self.node
+        pending = await self._store(node.store.outbox_pending_count, node.now_ms())
+        return json_response(
+            {
+                "id": str(node.identity.node_id),
+                "version": __version__,
+                "listen": [f"{h}:{p}" for h, p in node.bound],
+                "connected": len(node.connected()),
+                "outbox_pending": pending,
+                "relay_stored": 0,
+                "relay": node.config.relay,
+                "mdns": node.config.mdns,
+                "uptime": round(time.time() - node.started_at, 3),
+            }
+        )
+
+    async def send(self, request: Request) -> Response:
+        body = request.json()
+        if not isinstance(body, dict):
+            raise ApiError(400, 'body must be {"to": PEER, "text": TEXT} or {"to", "texts": [...]}')
+        if "texts" in body:
+            texts = body["texts"]
+            if not isinstance(texts, list) or not 0 < len(texts) <= MAX_TEXTS_PER_REQUEST:
+                raise ApiError(400, f"texts must be a list of 1 to {MAX_TEXTS_PER_REQUEST} texts")
+        else:
+            texts = [body.get("text")]
+        for text in texts:
+            if not isinstance(text, str) or not text.strip():
+                raise ApiError(400, "empty text: nothing to send")
+            if len(text) > MAX_TEXT_LEN:
+                raise ApiError(400, f"text is {len(text)} characters; the limit is {MAX_TEXT_LEN}")
+        ttl = body.get("ttl_s")
+        if ttl is not None and (not isinstance(ttl, (int, float)) or isinstance(ttl, bool)):
+            raise ApiError(400, "ttl_s must be a number of seconds")
+        to = await self._resolve(body.get("to"))
+        if to == self.node.identity.node_id:
+            raise ApiError(400, "that is this node's own id")
+        try:
+            ids = await self.node.send_texts(
+                to, texts, None if ttl is None else int(float(ttl) * 1000)
+            )
+        except ValueError as exc:
+            raise ApiError(400, str(exc)) from None
+        except StoreError as exc:
+            raise ApiError(507, f"not stored: {exc}", "nothing was sent; try again") from None
+        return json_response({"ids": [i.hex() for i in ids], "to": str(to)}, status=201)
+
+    async def inbox(self, request: Request) -> Response:
+        node = self.node
+        peer = await self._resolve(request.query["peer"]) if "peer" in request.query else None
+        limit = _int_query(request, "limit", 1, MAX_LIST)
+        after = _int_query(request, "after", 0, 1 << 62)
+        rows = await self._store(node.store.inbox, peer, limit, after, (int(MessageKind.RECEIPT),))
+        names = await self._names()
+        return json_response({"messages": [inbox_json(r, names) for r in rows]})
+
+    async def _names(self) -> dict[NodeId, str]:
+        contacts = await self._store(self.node.store.contacts)
+        return {c.node_id: c.name for c in contacts if c.name}
+
+    async def outbox(self, request: Request) -> Response:
+        node = self.node
+        wanted = request.query.get("ids")
+        if wanted is not None:
+            try:
+                ids = [bytes.fromhex(i) for i in wanted.split(",") if i]
+            except ValueError:
+                raise ApiError(400, "ids must be comma-separated hex message ids") from None
+            rows = [await self._store(node.store.outbox_message, i) for i in ids]
+            found = [r for r in rows if r is not None]
+        else:
+            found = await self._store(node.store.outbox, _int_query(request, "limit", 1, MAX_LIST))
+        return json_response(
+            {"messages": [outbox_json(r) for r in found if r.kind != MessageKind.RECEIPT]}
+        )
+
+    async def peers(self, request: Request) -> Response:
+        rows = await self._store(self.node.store.peers)
+        connected = self.node.connected()
+        out = []
+        for row in rows:
+            sources = sorted({a.source.value for a in row.addresses})
+            if row.node_id in connected:
+                link = self.node.links[row.node_id]
+                sources.append("inbound" if not link.conn.initiator else "outbound")
+            out.append(
+                {
+                    "id": str(row.node_id),
+                    "addresses": [f"{a.host}:{a.port}" for a in row.addresses],
+                    "source": ",".join(dict.fromkeys(sources)) or "connection",
+                    "connected": row.node_id in connected,
+                    "last_seen": _ms_to_s(row.last_seen_ms),
+                }
+            )
+        return json_response({"peers": out})
+
+    async def resolve(self, request: Request) -> Response:
+        return json_response({"id": str(await self._resolve(request.query.get("peer")))})
+
+    async def contacts(self, request: Request) -> Response:
+        rows = await self._store(self.node.store.contacts)
+        return json_response(
+            {
+                "contacts": [
+                    {
+                        "id": str(c.node_id),
+                        "name": c.name,
+                        "blocked": c.blocked,
+                        "added": c.added_ms / 1000,
+                    }
+                    for c in rows
+                ]
+            }
+        )
+
+    async def add_contact(self, request: Request) -> Response:
+        from p2pdm.identity import InvalidNodeId, NodeId
+
+        body = request.json()
+        if not isinstance(body, dict) or not isinstance(body.get("id"), str):
+            raise ApiError(400, 'body must be {"id": NODE_ID, "name": optional name}')
+        try:
+            node_id = NodeId.parse(body["id"])
+        except InvalidNodeId as exc:
+            raise ApiError(400, f"bad node id: {exc}") from None
+        name = body.get("name")
+        if name is not None and not isinstance(name, str):
+            raise ApiError(400, "name must be text")
+        row = await self._store(self.node.store.add_contact, node_id, name, self.node.now_ms())
+        return json_response({"id": str(row.node_id), "name": row.name}, status=201)
+
+    async def remove_contact(self, request: Request) -> Response:
+        peer = await self._resolve(request.params["peer"])
+        removed = await self._store(self.node.store.remove_contact, peer)
+        if not removed:
+            raise ApiError(404, f"{peer} is not a contact")
+        return json_response({"id": str(peer), "removed": True})
+
+    async def _set_blocked(self, request: Request, blocked: bool) -> Response:
+        peer = await self._resolve(request.params["peer"])
+        await self._store(self.node.store.set_blocked, peer, blocked, self.node.now_ms())
+        return json_response({"id": str(peer), "blocked": blocked})
+
+    async def block(self, request: Request) -> Response:
+        return await self._set_blocked(request, True)
+
+    async def unblock(self, request: Request) -> Response:
+        return await self._set_blocked(request, False)
+
+    async def event_stream(self, request: Request) -> Response:
+        channel = self.node.events.subscribe()
+
+        async def events() -> AsyncIterator[tuple[str, Any]]:
+            async with channel:
+                yield "hello", {"id": str(self.node.identity.node_id)}
+                async for name, data in channel:
+                    yield name, data
+
+        return StreamResponse(events(), keepalive=EVENT_KEEPALIVE)
+
+
+def _op(summary: str, **extra: Any) -> dict[str, Any]:
+    return {"summary": summary, "responses": {"200": {"description": "OK"}}, **extra}
+
+
+OPENAPI: dict[str, Any] = {
+    "openapi": "3.0.3",
+    "info": {
+        "title": "p2pdm local API",
+        "version": __version__,
+        "description": "Served on the Unix socket api.sock in the node's home folder (mode "
+        "0600). Errors are JSON {error, hint}. Times are Unix seconds (float); ids are hex.",
+    },
+    "paths": {
+        "/v1/status": {"get": _op("Node id, bound addresses, connection and queue counts")},
+        "/v1/messages": {
+            "post": _op(
+                'Send: {"to": PEER, "text": TEXT} or {"to", "texts": [...]}, optional '
+                '"ttl_s". Answers 201 {"ids": [...]} only after the messages are committed.'
+            )
+        },
+        "/v1/inbox": {"get": _op("Received messages, oldest first; ?peer=&limit=&after=SEQ")},
+        "/v1/outbox": {"get": _op("Sent messages and their state; ?limit= or ?ids=a,b")},
+        "/v1/peers": {"get": _op("Known peers, their addresses, and whether connected")},
+        "/v1/resolve": {"get": _op("Resolve ?peer= (id, unique prefix, contact name) to an id")},
+        "/v1/contacts": {
+            "get": _op("Contacts"),
+            "post": _op('Add a contact: {"id": NODE_ID, "name": optional}'),
+        },
+        "/v1/contacts/{peer}": {"delete": _op("Forget a contact")},
+        "/v1/contacts/{peer}/block": {"post": _op("Drop every message from this peer")},
+        "/v1/contacts/{peer}/unblock": {"post": _op("Accept messages from this peer again")},
+        "/v1/events": {
+            "get": _op(
+                "Server-sent events: hello, message (a new inbox message), delivered "
+                "({id, by}), peer ({id, connected})"
+            )
+        },
+    },
+}

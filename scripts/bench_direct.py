@@ -1,0 +1,203 @@
+"""Two `p2pdm run` processes on 127.0.0.1: throughput, latency, memory.
+
+    .venv/bin/python scripts/bench_direct.py [--messages 20000] [--rate 200] [--seconds 10]
+
+1. Throughput: A's API is handed --messages texts for B (in requests of
+   1,000); we count B's "message" events (each is a commit in B's inbox) and
+   A's "delivered" events (each is a receipt back at A).
+2. Latency at a light load: --rate messages/s for --seconds, one per API
+   call; latency is from just before A's API call to B's "message" event
+   reaching this script, so it includes both APIs.
+3. Peak RSS of each process (VmHWM), and RSS sampled during the run.
+Prints the crypto ceiling from bench_crypto's operations for comparison.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import queue
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from p2pdm import envelope
+from p2pdm.envelope import MessageKind
+from p2pdm.identity import Identity
+from tests.nodeproc import NodeProcess, init_home
+
+
+def rss_kib(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def pump(
+    node: NodeProcess,
+    name: str,
+    out: queue.Queue[tuple[float, dict[str, object]]],
+    ready: threading.Event,
+) -> None:
+    events = node.api.events("/v1/events")
+    ready.set()
+    try:
+        while True:
+            event = events.next(timeout=None)
+            if event is None:
+                continue
+            if event[0] == name:
+                out.put((time.perf_counter(), event[1]))
+    except Exception:  # the node went away: the run is over
+        return
+
+
+def ceiling() -> tuple[float, float]:
+    alice, bob = Identity.generate(), Identity.generate()
+    n = 500
+    t0 = time.perf_counter()
+    sealed = [
+        envelope.seal(alice, bob.node_id, MessageKind.TEXT, "x" * 20, timestamp_ms=1, expires_ms=2)
+        for _ in range(n)
+    ]
+    t1 = time.perf_counter()
+    for s in sealed:
+        envelope.open_envelope(bob, s)
+    t2 = time.perf_counter()
+    return n / (t1 - t0), n / (t2 - t1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=20_000)
+    parser.add_argument("--rate", type=float, default=200.0)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="p2pdm-bench-") as tmp:
+        root = Path(tmp)
+        init_home(root / "a")
+        b_id = init_home(root / "b")
+        a = NodeProcess(root / "a").start()
+        b = NodeProcess(root / "b", "--bootstrap", a.address)
+        try:
+            b.start()
+            received: queue.Queue[tuple[float, dict[str, object]]] = queue.Queue()
+            delivered: queue.Queue[tuple[float, dict[str, object]]] = queue.Queue()
+            ready_b, ready_a = threading.Event(), threading.Event()
+            threading.Thread(
+                target=pump, args=(b, "message", received, ready_b), daemon=True
+            ).start()
+            threading.Thread(
+                target=pump, args=(a, "delivered", delivered, ready_a), daemon=True
+            ).start()
+            ready_a.wait(10)
+            ready_b.wait(10)
+            a.wait_connected(b_id)
+            api = a.api
+            samples: list[tuple[int, int]] = []
+
+            # --- throughput
+            total = args.messages
+            t0 = time.perf_counter()
+            for start in range(0, total, 1000):
+                count = min(1000, total - start)
+                api.post(
+                    "/v1/messages",
+                    {"to": b_id, "texts": [f"bench {start + i}" for i in range(count)]},
+                )
+            t_accepted = time.perf_counter()
+            got = done = 0
+            t_last_in = t_last_receipt = t0
+            while got < total or done < total:
+                while got < total:
+                    try:
+                        t_last_in, _ = received.get(timeout=0.2)
+                        got += 1
+                    except queue.Empty:
+                        break
+                while done < total:
+                    try:
+                        t_last_receipt, _ = delivered.get_nowait()
+                        done += 1
+                    except queue.Empty:
+                        break
+                samples.append((rss_kib(a.proc.pid, "VmRSS"), rss_kib(b.proc.pid, "VmRSS")))
+                if time.perf_counter() - t0 > 600:
+                    raise SystemExit(f"stalled: {got} received, {done} receipts")
+            accept_rate = total / (t_accepted - t0)
+            in_rate = total / (t_last_in - t0)
+            receipt_rate = total / (t_last_receipt - t0)
+
+            # --- latency at a light load
+            interval = 1 / args.rate
+            sent_at: dict[str, float] = {}
+            lat: list[float] = []
+            n = int(args.rate * args.seconds)
+            next_send = time.perf_counter()
+            for i in range(n):
+                now = time.perf_counter()
+                if now < next_send:
+                    time.sleep(next_send - now)  # pacing the load, not waiting for a result
+                next_send += interval
+                t_send = time.perf_counter()
+                mid = api.post("/v1/messages", {"to": b_id, "text": f"ping {i}"})["ids"][0]
+                sent_at[mid] = t_send
+                while True:
+                    try:
+                        t_in, data = received.get_nowait()
+                    except queue.Empty:
+                        break
+                    if data["id"] in sent_at:
+                        lat.append(t_in - sent_at[str(data["id"])])
+            deadline = time.perf_counter() + 30
+            while len(lat) < n and time.perf_counter() < deadline:
+                try:
+                    t_in, data = received.get(timeout=1)
+                except queue.Empty:
+                    continue
+                if data["id"] in sent_at:
+                    lat.append(t_in - sent_at[str(data["id"])])
+            lat.sort()
+            peak_a, peak_b = rss_kib(a.proc.pid, "VmHWM"), rss_kib(b.proc.pid, "VmHWM")
+        finally:
+            a.close()
+            b.close()
+
+    send_ceiling, recv_ceiling = ceiling()
+    q = statistics.quantiles(lat, n=100)
+    print(f"p2pdm direct benchmark: 2 processes on 127.0.0.1, {os.cpu_count()} cpus")
+    print(f"throughput over {total} messages:")
+    print(f"  accepted by A's API        {accept_rate:9,.0f} msgs/s")
+    print(f"  committed in B's inbox     {in_rate:9,.0f} msgs/s")
+    print(f"  receipts back at A         {receipt_rate:9,.0f} msgs/s")
+    print(f"latency at {args.rate:g} msgs/s ({len(lat)} of {n} measured, API to API):")
+    print(
+        f"  p50 {q[49] * 1000:6.2f} ms   p90 {q[89] * 1000:6.2f} ms   p99 {q[98] * 1000:6.2f} ms"
+        f"   max {lat[-1] * 1000:6.2f} ms"
+    )
+    rss_a = [s[0] / 1024 for s in samples]
+    rss_b = [s[1] / 1024 for s in samples]
+    third = max(1, len(samples) // 3)
+    a_first, a_last = statistics.mean(rss_a[:third]), statistics.mean(rss_a[-third:])
+    b_first, b_last = statistics.mean(rss_b[:third]), statistics.mean(rss_b[-third:])
+    print(
+        f"memory: peak RSS A {peak_a / 1024:.1f} MiB, B {peak_b / 1024:.1f} MiB; "
+        f"RSS first/last third of the run: A {a_first:.1f}/{a_last:.1f} MiB, "
+        f"B {b_first:.1f}/{b_last:.1f} MiB"
+    )
+    print(
+        f"crypto ceiling (one core): seal+sign {send_ceiling:,.0f}/s, "
+        f"open+verify {recv_ceiling:,.0f}/s; B's inbox rate is "
+        f"{in_rate / recv_ceiling:.2f} of the receive ceiling"
+    )
+
+
+if __name__ == "__main__":
+    main()

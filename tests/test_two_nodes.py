@@ -1,0 +1,170 @@
+"""Two real `p2pdm run` processes on 127.0.0.1 exchange messages through the CLI."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+import pytest
+
+from .nodeproc import DEADLINE, NodeProcess, cli, init_home, json_lines
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
+
+@pytest.fixture
+def two_nodes(tmp_path: Path) -> Iterator[tuple[NodeProcess, NodeProcess, str, str]]:
+    a_id = init_home(tmp_path / "a", "alice")
+    b_id = init_home(tmp_path / "b", "bob")
+    a = NodeProcess(tmp_path / "a").start()
+    b = None
+    try:
+        events = a.api.events("/v1/events")
+        try:
+            b = NodeProcess(tmp_path / "b", "--bootstrap", a.address).start()
+            wait_event(events, "peer", lambda d: d["id"] == b_id and d["connected"])
+        finally:
+            events.close()
+        yield a, b, a_id, b_id
+    finally:
+        a.close()
+        if b is not None:
+            b.close()
+
+
+def wait_event(
+    events: object, name: str, match: object, timeout: float = DEADLINE
+) -> dict[str, object]:
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(f"no {name} event")
+        event = events.next(timeout=left)  # type: ignore[attr-defined]
+        if event is not None and event[0] == name and match(event[1]):  # type: ignore[operator]
+            return event[1]  # type: ignore[no-any-return]
+
+
+def test_messages_both_ways_with_receipts(
+    two_nodes: tuple[NodeProcess, NodeProcess, str, str],
+) -> None:
+    a, b, a_id, b_id = two_nodes
+    sent = cli(b.home, "send", a_id, "hello alice", "--wait", "30")
+    assert sent.returncode == 0, sent.stderr
+    (b_to_a,) = sent.stdout.split()
+    sent = cli(a.home, "send", b_id[:12], "hi bob", "--wait", "30")
+    assert sent.returncode == 0, sent.stderr
+    (a_to_b,) = sent.stdout.split()
+
+    a_inbox = json_lines(cli(a.home, "inbox", "--json").stdout)
+    assert [(m["id"], m["from"], m["to"], m["text"]) for m in a_inbox] == [
+        (b_to_a, b_id, a_id, "hello alice")
+    ]
+    assert isinstance(a_inbox[0]["ts"], float)
+    b_inbox = json_lines(cli(b.home, "inbox", "--json").stdout)
+    assert [(m["id"], m["from"], m["text"]) for m in b_inbox] == [(a_to_b, a_id, "hi bob")]
+
+    a_out = json_lines(cli(a.home, "outbox", "--json").stdout)
+    b_out = json_lines(cli(b.home, "outbox", "--json").stdout)
+    assert [(m["id"], m["state"], m["to"], m["text"]) for m in a_out] == [
+        (a_to_b, "delivered", b_id, "hi bob")
+    ]
+    assert [(m["id"], m["state"]) for m in b_out] == [(b_to_a, "delivered")]
+
+    status = json_lines(cli(a.home, "status", "--json").stdout)[0]
+    assert status["id"] == a_id
+    assert status["connected"] == 1
+    assert status["outbox_pending"] == 0
+    assert status["relay_stored"] == 0
+    peers = json_lines(cli(b.home, "peers", "--json").stdout)
+    assert [(p["id"], p["connected"], p["addresses"]) for p in peers] == [(a_id, True, [a.address])]
+    assert "bootstrap" in peers[0]["source"]
+
+
+def test_send_by_contact_name_and_bad_input(
+    two_nodes: tuple[NodeProcess, NodeProcess, str, str],
+) -> None:
+    a, _b, _a_id, b_id = two_nodes
+    assert cli(a.home, "contacts", "add", b_id, "--name", "bob").returncode == 0
+    sent = cli(a.home, "send", "bob", "by name", "--wait", "30")
+    assert sent.returncode == 0, sent.stderr
+
+    empty = cli(a.home, "send", "bob", "")
+    assert empty.returncode == 2
+    assert "empty" in empty.stderr
+    unknown = cli(a.home, "send", "nobody", "x")
+    assert unknown.returncode == 2
+    assert unknown.stderr.startswith("p2pdm: ")
+    typo = cli(a.home, "send", b_id[:-1] + ("a" if b_id[-1] != "a" else "b"), "x")
+    assert typo.returncode == 2
+    # Nothing of the refused sends was queued.
+    assert len(json_lines(cli(a.home, "outbox", "--json").stdout)) == 1
+
+
+def test_blocked_peer_is_never_shown(
+    two_nodes: tuple[NodeProcess, NodeProcess, str, str],
+) -> None:
+    a, b, a_id, b_id = two_nodes
+    assert cli(a.home, "contacts", "block", b_id).returncode == 0
+    sent = cli(b.home, "send", a_id, "spam", "--wait", "2")
+    # A drops it silently: no receipt ever comes, so the sender times out.
+    assert sent.returncode == 3
+    assert json_lines(cli(a.home, "inbox", "--json").stdout) == []
+
+
+def test_wait_times_out_with_exit_3_and_keeps_the_message(tmp_path: Path) -> None:
+    init_home(tmp_path / "a")
+    lonely = NodeProcess(tmp_path / "a").start()
+    try:
+        other = init_home(tmp_path / "b")
+        sent = cli(lonely.home, "send", other, "anyone there?", "--wait", "0.5")
+        assert sent.returncode == 3
+        assert "stay queued" in sent.stderr
+        out = json_lines(cli(lonely.home, "outbox", "--json").stdout)
+        assert [m["state"] for m in out] == ["queued"]
+    finally:
+        lonely.close()
+
+
+def test_commands_without_a_node_say_so(tmp_path: Path) -> None:
+    init_home(tmp_path / "a")
+    for args in (["status"], ["inbox"], ["outbox"], ["peers"], ["send", "x", "y"]):
+        result = cli(tmp_path / "a", *args)
+        assert result.returncode == 1, args
+        assert "no node is running" in result.stderr
+
+
+def test_sigterm_stops_within_five_seconds(tmp_path: Path) -> None:
+    init_home(tmp_path / "a")
+    node = NodeProcess(tmp_path / "a").start()
+    try:
+        assert node.stop(timeout=5) == 0
+        assert not (tmp_path / "a" / "api.sock").exists()
+    finally:
+        node.close()
+
+
+def test_second_node_on_the_same_home_is_refused(tmp_path: Path) -> None:
+    init_home(tmp_path / "a")
+    first = NodeProcess(tmp_path / "a").start()
+    try:
+        second = cli(tmp_path / "a", "run", "--listen", "127.0.0.1:0", "--no-mdns")
+        assert second.returncode == 1
+        assert "another node is already running" in second.stderr
+        assert first.status()["connected"] == 0  # the first is unharmed
+    finally:
+        first.close()
+
+
+def test_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
+    init_home(tmp_path / "a")
+    init_home(tmp_path / "b")
+    first = NodeProcess(tmp_path / "a").start()
+    try:
+        second = cli(tmp_path / "b", "run", "--listen", first.address, "--no-mdns")
+        assert second.returncode == 1
+        assert "cannot listen" in second.stderr
+    finally:
+        first.close()
