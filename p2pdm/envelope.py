@@ -197,14 +197,18 @@ def parse_outer(data: bytes) -> Outer:
     return Outer(version, NodeId(to), expires, ct, claimed_id)
 
 
-def open_envelope(me: Identity, data: bytes, *, now_ms: int | None = None) -> Message:
+def open_envelope(
+    me: Identity, data: bytes, *, now_ms: int | None = None, outer: Outer | None = None
+) -> Message:
     """Open an envelope addressed to `me`, checking everything an attacker controls.
 
     Order: outer schema and id, addressed to me, not expired (if `now_ms` is
     given), decrypts, inner schema, signature over the exact signed bytes,
     signed fields agree with the outer ones, body schema for its kind.
+    `outer`, if the caller already has `parse_outer(data)`, saves parsing twice.
     """
-    outer = parse_outer(data)
+    if outer is None:
+        outer = parse_outer(data)
     if outer.recipient != me.node_id:
         raise EnvelopeError(f"envelope is addressed to {outer.recipient.short()}, not to this node")
     if now_ms is not None and outer.expires_ms <= now_ms:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -77,6 +78,13 @@ def _checksum(public_key: bytes) -> bytes:
     ).digest()
 
 
+# Ids are printed on every event and log line; a node knows few peers.
+@functools.lru_cache(maxsize=4096)
+def _node_id_text(public_key: bytes) -> str:
+    raw = public_key + _checksum(public_key)
+    return base64.b32encode(raw).decode("ascii").lower()
+
+
 @dataclass(frozen=True, order=True)
 class NodeId:
     """A node's Ed25519 public key; `str()` gives the checksummed text form."""
@@ -105,8 +113,7 @@ class NodeId:
         return cls(key)
 
     def __str__(self) -> str:
-        raw = self.public_key + _checksum(self.public_key)
-        return base64.b32encode(raw).decode("ascii").lower().rstrip("=")
+        return _node_id_text(self.public_key)
 
     def short(self) -> str:
         """A prefix for logs; never use it to identify a peer."""

@@ -72,8 +72,12 @@ MAX_TTL_MS = 30 * 24 * 3600 * 1000
 # Operations per group commit: large enough to amortise one fsync over a
 # full window of pushes from several peers, small enough to ack promptly.
 MAX_BATCH = 512
+# Prepared batches waiting for the commit stage; more would only add latency.
+PREPARED_AHEAD = 2
 # Receipts carry many ids; one envelope holds this many comfortably.
 MAX_RECEIPT_IDS = 256
+# Pushes coalesced into one socket write (bounded so one write stays ~1 MiB).
+PUSHES_PER_WRITE = 16
 # Messages a link holds in memory to push; more wait in the store.
 MAX_LINK_QUEUE = 1024
 # A message pushed but not receipted is pushed again after this long.
@@ -155,8 +159,8 @@ class Op(abc.ABC):
         self.done = trio.Event()
         self.error: str | None = None
 
-    def prepare(self, ctx: BatchContext) -> None:  # noqa: B027 (optional hook)
-        """Work that needs no store, done before the transaction (worker thread)."""
+    def prepare(self, node: Node, now_ms: int) -> None:  # noqa: B027 (optional hook)
+        """Work that needs no store (crypto, parsing), done before the transaction."""
 
     @abc.abstractmethod
     def apply(self, store: Store, ctx: BatchContext) -> None:
@@ -191,12 +195,35 @@ class Committer:
         return op
 
     async def run(self) -> None:
-        async with self._recv:
+        # Two stages, each in its own worker thread, so that the crypto of
+        # the next batch overlaps the commit (and fsync) of this one.
+        prepared_send, prepared_recv = trio.open_memory_channel[list[Op]](PREPARED_AHEAD)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._prepare_stage, prepared_send)
+            await self._commit_stage(prepared_recv)
+
+    async def _prepare_stage(self, out: trio.MemorySendChannel[list[Op]]) -> None:
+        async with out, self._recv:
             async for first in self._recv:
                 batch = [first]
                 while len(batch) < MAX_BATCH:
                     try:
                         batch.append(self._recv.receive_nowait())
+                    except trio.WouldBlock:
+                        break
+                await trio.to_thread.run_sync(self._prepare, batch, self._node.now_ms())
+                await out.send(batch)
+
+    def _prepare(self, batch: list[Op], now_ms: int) -> None:
+        for op in batch:
+            op.prepare(self._node, now_ms)
+
+    async def _commit_stage(self, prepared: trio.MemoryReceiveChannel[list[Op]]) -> None:
+        async with prepared:
+            async for batch in prepared:
+                while len(batch) < MAX_BATCH:
+                    try:
+                        batch += prepared.receive_nowait()
                     except trio.WouldBlock:
                         break
                 ctx = BatchContext(self._node, self._node.now_ms())
@@ -223,8 +250,6 @@ class Committer:
 
     def _apply(self, batch: list[Op], ctx: BatchContext) -> None:
         store = self._store
-        for op in batch:
-            op.prepare(ctx)  # crypto and parsing, outside the transaction's lock
         with store.transaction():
             for op in batch:
                 op.apply(store, ctx)
@@ -263,14 +288,15 @@ class IncomingPush(Op):
         self.reason = ""
         self.message: envelope.Message | None = None
 
-    def prepare(self, ctx: BatchContext) -> None:
-        node = ctx.node
+    def prepare(self, node: Node, now_ms: int) -> None:
         try:
             outer = envelope.parse_outer(self.data)
             if outer.recipient != node.identity.node_id:
                 self.reason = "this node does not carry mail for others yet"
                 return
-            self.message = envelope.open_envelope(node.identity, self.data, now_ms=ctx.now_ms)
+            self.message = envelope.open_envelope(
+                node.identity, self.data, now_ms=now_ms, outer=outer
+            )
         except EnvelopeError as exc:
             self.reason = str(exc)
 
@@ -426,6 +452,8 @@ class PeerLink:
     async def _reader(self) -> None:
         while True:
             frame = await self.conn.receive()
+            if self.session.state is State.CLOSED:
+                return  # we said goodbye (e.g. a duplicate connection): stop reading
             self.last_received = trio.current_time()
             event = self.session.receive(frame)
             if isinstance(event, PushReceived):
@@ -445,7 +473,7 @@ class PeerLink:
                     AckOutcome(self.peer, row, event.status, event.reason)
                 )
                 self.poke()
-            elif isinstance(event, PingReceived):
+            elif isinstance(event, PingReceived) and self.session.state is State.OPEN:
                 await self.conn.send(self.session.pong_frame(event.nonce))
             elif isinstance(event, HelloReceived):
                 self.opened.set()
@@ -456,15 +484,28 @@ class PeerLink:
                 pass
 
     async def _acker(self) -> None:
-        # Acks go out in push order, each only after its batch committed.
-        async for op in self._acks_recv:
-            await op.done.wait()
-            status, reason = op.status, op.reason
-            if op.error is not None:
-                status, reason = AckStatus.REFUSED, op.error
-            if self.session.state is not State.OPEN:
-                return
-            await self.conn.send(self.session.ack_frame(op.seq, status, reason))
+        # Acks go out in push order, each only after its batch committed;
+        # all that are ready leave in one write.
+        pending: deque[IncomingPush] = deque()
+        while True:
+            if not pending:
+                pending.append(await self._acks_recv.receive())
+            while True:
+                try:
+                    pending.append(self._acks_recv.receive_nowait())
+                except trio.WouldBlock:
+                    break
+            await pending[0].done.wait()
+            frames = []
+            while pending and pending[0].done.is_set():
+                op = pending.popleft()
+                status, reason = op.status, op.reason
+                if op.error is not None:
+                    status, reason = AckStatus.REFUSED, op.error
+                if self.session.state is not State.OPEN:
+                    return
+                frames.append(self.session.ack_frame(op.seq, status, reason))
+            await self.conn.send_many(frames)
 
     async def _pusher(self) -> None:
         await self.opened.wait()
@@ -472,12 +513,18 @@ class PeerLink:
             self._wake = trio.Event()
             if self.session.send_window_free > 0 and not self.queue and self._reload:
                 await self._load()
+            frames = []
             while self.session.send_window_free > 0 and self.queue:
                 out = self.queue.popleft()
                 self._queued.discard(out.message_id)
                 seq, frame = self.session.push_frame(out.envelope)
                 self.in_flight[seq] = out
-                await self.conn.send(frame)
+                frames.append(frame)
+                if len(frames) >= PUSHES_PER_WRITE:
+                    await self.conn.send_many(frames)
+                    frames = []
+            if frames:
+                await self.conn.send_many(frames)
             await self._wake.wait()
 
     async def _load(self) -> None:

@@ -114,97 +114,83 @@ _WIDTH_BYTES = {24: 1, 25: 2, 26: 4, 27: 8}
 
 
 class _Decoder:
-    __slots__ = ("data", "depth_left", "items_left", "pos")
+    """One pass over one document. `item` is written flat (no helper calls per
+    item) because it runs for every value of every frame on the hot path."""
+
+    __slots__ = ("data", "depth_left", "end", "items_left", "pos")
 
     def __init__(self, data: bytes, max_depth: int, max_items: int) -> None:
         self.data = data
         self.pos = 0
+        self.end = len(data)
         self.depth_left = max_depth
         self.items_left = max_items
 
-    def fail(self, why: str) -> WireError:
-        return WireError(f"{why} (at byte {self.pos})")
+    def fail(self, why: str, pos: int | None = None) -> WireError:
+        return WireError(f"{why} (at byte {self.pos if pos is None else pos})")
 
     def remaining(self) -> int:
-        return len(self.data) - self.pos
+        return self.end - self.pos
 
-    def head(self) -> tuple[int, int]:
-        """Read an item head: (major type, argument), enforcing shortest form."""
-        if self.remaining() < 1:
+    def item(self) -> Value:
+        data, start = self.data, self.pos
+        if start >= self.end:
             raise self.fail("truncated: expected another item")
         self.items_left -= 1
         if self.items_left < 0:
             raise self.fail("too many items in one document")
-        initial = self.data[self.pos]
-        self.pos += 1
-        major, info = initial >> 5, initial & 0x1F
-        if info < 24:
-            return major, info
-        width = _WIDTH_BYTES.get(info)
-        if width is None:
-            if info == 31:
-                raise self.fail("indefinite-length items are not allowed")
-            raise self.fail(f"reserved additional information {info}")
-        if major == _MAJOR_SIMPLE:
-            raise self.fail("floats and extended simple values are not allowed")
-        if self.remaining() < width:
-            raise self.fail("truncated item head")
-        arg = int.from_bytes(self.data[self.pos : self.pos + width], "big")
-        self.pos += width
-        if arg < _MIN_FOR_WIDTH[info]:
-            raise self.fail("non-canonical: integer or length not in its shortest form")
-        return major, arg
-
-    def take(self, length: int) -> bytes:
-        if length > self.remaining():
-            raise self.fail(f"declared length {length} exceeds the {self.remaining()} bytes left")
-        chunk = self.data[self.pos : self.pos + length]
-        self.pos += length
-        return chunk
-
-    def item(self) -> Value:
-        start = self.pos
-        major, arg = self.head()
+        initial = data[start]
+        pos = start + 1
+        major, arg = initial >> 5, initial & 0x1F
+        if arg >= 24:
+            width = _WIDTH_BYTES.get(arg)
+            if width is None:
+                if arg == 31:
+                    raise self.fail("indefinite-length items are not allowed", pos)
+                raise self.fail(f"reserved additional information {arg}", pos)
+            if major == _MAJOR_SIMPLE:
+                raise self.fail("floats and extended simple values are not allowed", pos)
+            if pos + width > self.end:
+                raise self.fail("truncated item head", pos)
+            info = arg
+            arg = int.from_bytes(data[pos : pos + width], "big")
+            pos += width
+            if arg < _MIN_FOR_WIDTH[info]:
+                raise self.fail("non-canonical: integer or length not in its shortest form", pos)
+        self.pos = pos
         if major == _MAJOR_UINT:
             return arg
-        if major == _MAJOR_NINT:
-            return -1 - arg
-        if major == _MAJOR_BYTES:
-            return self.take(arg)
-        if major == _MAJOR_TEXT:
-            raw = self.take(arg)
+        if major in (_MAJOR_BYTES, _MAJOR_TEXT):
+            stop = pos + arg
+            if stop > self.end:
+                raise self.fail(f"declared length {arg} exceeds the {self.end - pos} bytes left")
+            self.pos = stop
+            if major == _MAJOR_BYTES:
+                return data[pos:stop]
             try:
-                return raw.decode("utf-8")
+                return data[pos:stop].decode("utf-8")
             except UnicodeDecodeError:
                 raise self.fail("text string is not valid UTF-8") from None
+        if major == _MAJOR_MAP:
+            return self.map_entries(arg)
         if major == _MAJOR_ARRAY:
             # Every item takes at least one byte: a count beyond what is left
             # is a lie, refused before a single element is built.
-            if arg > self.remaining():
-                raise self.fail(f"array declares {arg} items but {self.remaining()} bytes are left")
+            if arg > self.end - pos:
+                raise self.fail(f"array declares {arg} items but {self.end - pos} bytes are left")
             if arg > self.items_left:
                 raise self.fail(f"array declares {arg} items, over the document's item limit")
             self.enter()
             items = [self.item() for _ in range(arg)]
             self.depth_left += 1
             return items
-        if major == _MAJOR_MAP:
-            if arg * 2 > self.remaining():
-                raise self.fail(f"map declares {arg} entries but {self.remaining()} bytes are left")
-            if arg * 2 > self.items_left:
-                raise self.fail(f"map declares {arg} entries, over the document's item limit")
-            self.enter()
-            result = self.map_entries(arg)
-            self.depth_left += 1
-            return result
+        if major == _MAJOR_NINT:
+            return -1 - arg
         if major == _MAJOR_TAG:
-            self.pos = start
-            raise self.fail(f"tags are not allowed (tag {arg})")
-        value = _SIMPLE_VALUES.get(arg)
-        if value is None and arg != 22:
-            self.pos = start
-            raise self.fail(f"simple value {arg} is not allowed")
-        return value
+            raise self.fail(f"tags are not allowed (tag {arg})", start)
+        if arg not in _SIMPLE_VALUES:
+            raise self.fail(f"simple value {arg} is not allowed", start)
+        return _SIMPLE_VALUES[arg]
 
     def enter(self) -> None:
         self.depth_left -= 1
@@ -212,22 +198,31 @@ class _Decoder:
             raise self.fail("nesting too deep")
 
     def map_entries(self, count: int) -> dict[Key, Value]:
+        if count * 2 > self.end - self.pos:
+            raise self.fail(f"map declares {count} entries but {self.remaining()} bytes are left")
+        if count * 2 > self.items_left:
+            raise self.fail(f"map declares {count} entries, over the document's item limit")
+        self.enter()
+        data = self.data
         result: dict[Key, Value] = {}
-        previous: tuple[int, bytes] | None = None
+        previous = b""
         for _ in range(count):
             key_start = self.pos
             key = self.item()
             if isinstance(key, bool) or not isinstance(key, (int, str)):
                 raise self.fail("map keys must be integers or text")
-            encoded = self.data[key_start : self.pos]
-            order = (len(encoded), encoded)
-            # Canonical order is strictly increasing, so a repeated key breaks
-            # it too: one check refuses both disorder and duplicates.
-            if previous is not None and order <= previous:
-                what = "duplicate map key" if order == previous else "map keys out of order"
+            encoded = data[key_start : self.pos]
+            # Canonical order (shorter encoding first, then bytewise) is
+            # strictly increasing, so one check refuses disorder and repeats.
+            if previous and (
+                len(encoded) < len(previous)
+                or (len(encoded) == len(previous) and encoded <= previous)
+            ):
+                what = "duplicate map key" if encoded == previous else "map keys out of order"
                 raise self.fail(f"{what} {key!r}")
-            previous = order
+            previous = encoded
             result[key] = self.item()
+        self.depth_left += 1
         return result
 
 
