@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from typing import TYPE_CHECKING
 
@@ -21,40 +23,49 @@ def test_receiver_killed_mid_stream_loses_and_doubles_nothing(tmp_path: Path) ->
     b2 = None
     try:
         b.start()
-        b_events = b.api.events("/v1/events")
-        a_events = a.api.events("/v1/events")
         texts = "".join(f"message {i:05d}\n" for i in range(TOTAL))
-        sent = cli(a.home, "send", b_id, "--stdin", stdin=texts)
-        assert sent.returncode == 0, sent.stderr
-        ids = sent.stdout.split()
+        (tmp_path / "texts").write_text(texts)
+        ids_file = tmp_path / "ids"
+        with (
+            b.api.events("/v1/events") as b_events,
+            (tmp_path / "texts").open() as stdin,
+            ids_file.open("w") as stdout,
+        ):
+            # The CLI streams the 2,000 in while we watch B take them.
+            sender = subprocess.Popen(
+                [sys.executable, "-m", "p2pdm", "--home", str(a.home), "send", b_id, "--stdin"],
+                stdin=stdin,
+                stdout=stdout,
+                stderr=subprocess.DEVNULL,
+            )
+            # Kill B as soon as it has taken some: the stream of 2,000 takes
+            # over a second, so this lands mid-stream (checked below).
+            received = 0
+            deadline = time.monotonic() + DEADLINE
+            while received < 20:
+                event = b_events.next(timeout=max(0.1, deadline - time.monotonic()))
+                assert time.monotonic() < deadline, "B received too little"
+                if event is not None and event[0] == "message":
+                    received += 1
+        b.kill()
+        assert sender.wait(timeout=DEADLINE) == 0
+        ids = ids_file.read_text().split()
         assert len(ids) == TOTAL
 
-        # Kill B as soon as it has taken some: the stream of 2,000 takes
-        # about a second, so this lands mid-stream (checked below).
-        received = 0
-        deadline = time.monotonic() + DEADLINE
-        while received < 20:
-            event = b_events.next(timeout=max(0.1, deadline - time.monotonic()))
-            assert time.monotonic() < deadline, "B received too little"
-            if event is not None and event[0] == "message":
-                received += 1
-        b_events.close()
-        b.kill()
-
-        b2 = NodeProcess(tmp_path / "b", "--bootstrap", a.address).start()
-        delivered: set[str] = set()
-        already = json_lines(cli(a.home, "outbox", "--json").stdout)
-        delivered.update(m["id"] for m in already if m["state"] == "delivered")
-        # The kill really was mid-stream: B had not yet confirmed everything.
-        assert len(delivered) < TOTAL
-        deadline = time.monotonic() + 2 * DEADLINE
-        while len(delivered) < TOTAL:
-            left = deadline - time.monotonic()
-            assert left > 0, f"only {len(delivered)} of {TOTAL} delivered"
-            event = a_events.next(timeout=left)
-            if event is not None and event[0] == "delivered":
-                delivered.add(event[1]["id"])
-        a_events.close()
+        # With B dead nothing more is delivered: subscribe, then read what was.
+        with a.api.events("/v1/events") as a_events:
+            already = json_lines(cli(a.home, "outbox", "--json").stdout)
+            delivered = {m["id"] for m in already if m["state"] == "delivered"}
+            # The kill really was mid-stream: B had not yet confirmed everything.
+            assert len(delivered) < TOTAL
+            b2 = NodeProcess(tmp_path / "b", "--bootstrap", a.address).start()
+            deadline = time.monotonic() + 2 * DEADLINE
+            while len(delivered) < TOTAL:
+                left = deadline - time.monotonic()
+                assert left > 0, f"only {len(delivered)} of {TOTAL} delivered"
+                event = a_events.next(timeout=left)
+                if event is not None and event[0] == "delivered":
+                    delivered.add(event[1]["id"])
 
         inbox = json_lines(cli(b2.home, "inbox", "--json").stdout)
         got = [m["id"] for m in inbox]
