@@ -37,7 +37,7 @@ from p2pdm.identity import (
     safety_number,
     write_key_file,
 )
-from p2pdm.transport import parse_address
+from p2pdm.transport import limits_with, parse_address
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -137,6 +137,16 @@ def cmd_run(home: Path, args: argparse.Namespace) -> int:
     mdns = bool(conf.get("mdns", True)) if args.mdns is None else args.mdns
     relay = bool(conf.get("relay", True)) if args.relay is None else args.relay
     ttl_days = conf.get("ttl_days")
+    limit_overrides: dict[str, object] = dict(conf.get("limits", {}))  # type: ignore[call-overload]
+    for item in args.limit or []:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise CliError(f"--limit takes NAME=VALUE, not {item!r}", EXIT_USAGE)
+        limit_overrides[name.strip()] = value.strip()
+    try:
+        limits = limits_with(limit_overrides)
+    except ValueError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
     config = NodeConfig(
         home=home,
         listen=_addresses(listen, "--listen", DEFAULT_PORT),
@@ -144,6 +154,7 @@ def cmd_run(home: Path, args: argparse.Namespace) -> int:
         mdns=mdns,
         relay=relay,
         ttl_ms=int(ttl_days) * 86_400_000 if isinstance(ttl_days, int) else DEFAULT_TTL_MS,
+        limits=limits,
     )
     identity = _unlock(home)
     return run_daemon(config, identity)
@@ -364,6 +375,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-relay", dest="relay", action="store_false", help="do not hold mail for other peers"
     )
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    p.add_argument(
+        "--limit",
+        action="append",
+        metavar="NAME=VALUE",
+        help="change a transport limit, e.g. handshake_timeout=5 (repeatable)",
+    )
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("send", help="send a message (prints its id once stored)")

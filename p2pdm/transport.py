@@ -14,10 +14,11 @@ reading, so TCP pushes back on the peer instead of us buffering).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -25,6 +26,8 @@ from p2pdm import handshake, wire
 from p2pdm.handshake import Handshake, HandshakeError, NoiseStatic
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from p2pdm.identity import Identity, NodeId
 
 log = logging.getLogger(__name__)
@@ -55,6 +58,30 @@ class TransportLimits:
     """Seconds of silence after which we send a PING (well under idle_timeout)."""
     send_timeout: float = 30.0
     """Seconds one frame may take to send: a peer that stops reading is dropped."""
+
+
+def limits_with(
+    overrides: Mapping[str, object], base: TransportLimits | None = None
+) -> TransportLimits:
+    """`base` (the defaults) with some limits changed; ValueError names a bad one."""
+    base = base or TransportLimits()
+    known = {f.name for f in dataclasses.fields(TransportLimits)}
+    changes: dict[str, Any] = {}
+    for name, value in overrides.items():
+        if name not in known:
+            raise ValueError(f"unknown limit {name!r} (known: {', '.join(sorted(known))})")
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                raise ValueError(f"limit {name} must be a number, not {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise ValueError(f"limit {name} must be a positive number, not {value!r}")
+        wants_int = getattr(base, name).__class__ is int
+        if wants_int and value != int(value):
+            raise ValueError(f"limit {name} must be a whole number, not {value!r}")
+        changes[name] = int(value) if wants_int else float(value)
+    return dataclasses.replace(base, **changes)
 
 
 class TokenBucket:

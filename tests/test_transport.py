@@ -220,3 +220,20 @@ async def test_unsupported_version_gets_a_clear_refusal_over_the_stream() -> Non
                 reader.feed(await left.receive_some(65536))
             with pytest.raises(PeerRefused, match="this node speaks \\[1\\]"):
                 future.receive(frames[0])
+
+
+def test_limits_can_be_overridden_by_name() -> None:
+    from p2pdm.transport import limits_with
+
+    limits = limits_with({"handshake_timeout": "2.5", "max_connections": 10})
+    assert limits.handshake_timeout == 2.5
+    assert limits.max_connections == 10
+    assert limits.idle_timeout == TransportLimits().idle_timeout
+    with pytest.raises(ValueError, match="unknown limit 'handshake'"):
+        limits_with({"handshake": 1})
+    with pytest.raises(ValueError, match="positive number"):
+        limits_with({"idle_timeout": -1})
+    with pytest.raises(ValueError, match="must be a number"):
+        limits_with({"idle_timeout": "soon"})
+    with pytest.raises(ValueError, match="whole number"):
+        limits_with({"max_connections": 2.5})

@@ -168,3 +168,19 @@ def test_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
         assert "cannot listen" in second.stderr
     finally:
         first.close()
+
+
+def test_run_refuses_bad_options_with_exit_2(tmp_path: Path) -> None:
+    init_home(tmp_path / "a")
+    for args, why in (
+        (["--limit", "bogus=1"], "unknown limit"),
+        (["--limit", "idle_timeout"], "NAME=VALUE"),
+        (["--listen", "127.0.0.1:99999"], "port must be"),
+    ):
+        result = cli(tmp_path / "a", "run", "--no-mdns", *args)
+        assert result.returncode == 2, (args, result.stderr)
+        assert why in result.stderr
+    (tmp_path / "a" / "config.toml").write_text("listen = 5\n")
+    result = cli(tmp_path / "a", "run", "--no-mdns")
+    assert result.returncode == 1
+    assert "listen must be a list" in result.stderr
