@@ -155,6 +155,9 @@ class Outgoing:
 class Op(abc.ABC):
     """One unit of work for the committer, applied inside a transaction."""
 
+    needs_prepare = False
+    """True for ops whose `prepare` does work (saves a thread hop otherwise)."""
+
     def __init__(self) -> None:
         self.done = trio.Event()
         self.error: str | None = None
@@ -211,7 +214,8 @@ class Committer:
                         batch.append(self._recv.receive_nowait())
                     except trio.WouldBlock:
                         break
-                await trio.to_thread.run_sync(self._prepare, batch, self._node.now_ms())
+                if any(op.needs_prepare for op in batch):
+                    await trio.to_thread.run_sync(self._prepare, batch, self._node.now_ms())
                 await out.send(batch)
 
     def _prepare(self, batch: list[Op], now_ms: int) -> None:
@@ -280,6 +284,8 @@ class Enqueue(Op):
 
 class IncomingPush(Op):
     """An envelope a peer pushed; the ack status is decided inside the batch."""
+
+    needs_prepare = True
 
     def __init__(self, peer: NodeId, seq: int, data: bytes) -> None:
         super().__init__()
