@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import socket
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pytest
 import trio
@@ -19,14 +19,16 @@ from p2pdm import envelope, wire
 from p2pdm.envelope import MessageKind
 from p2pdm.handshake import Handshake, NoiseStatic
 from p2pdm.identity import Identity
-from p2pdm.node import Node, NodeConfig
 from p2pdm.session import AckReceived, AckStatus, Hello, Session
-from p2pdm.store import Store
 from p2pdm.transport import Connection, TransportLimits, run_handshake
+
+from .nodes import make_node, next_event
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
     from pathlib import Path
+
+    from p2pdm.node import Node
 
 ATTACKER = "127.0.0.3"
 LIMITS = TransportLimits(
@@ -39,15 +41,6 @@ LIMITS = TransportLimits(
     send_timeout=2.0,
 )
 DEADLINE = 20
-
-
-def make_node(tmp_path: Path, name: str, bootstrap: tuple[tuple[str, int], ...] = ()) -> Node:
-    home = tmp_path / name
-    home.mkdir()
-    config = NodeConfig(
-        home=home, listen=(("127.0.0.1", 0),), bootstrap=bootstrap, mdns=False, limits=LIMITS
-    )
-    return Node(config, Identity.generate(), Store.open(home / "store.db"))
 
 
 async def attacker_stream(port: int) -> trio.SocketStream:
@@ -68,13 +61,6 @@ async def closed_by_node(stream: trio.SocketStream) -> None:
         await stream.aclose()
 
 
-async def next_event(channel: Any, name: str) -> dict[str, Any]:
-    async for event, data in channel:
-        if event == name:
-            return data  # type: ignore[no-any-return]
-    raise AssertionError("event stream ended")
-
-
 class Harness:
     def __init__(self, a: Node, b: Node, nursery: trio.Nursery) -> None:
         self.a, self.b, self.nursery = a, b, nursery
@@ -93,10 +79,10 @@ class Harness:
 
 @pytest.fixture
 async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
-    a = make_node(tmp_path, "a")
+    a = make_node(tmp_path, "a", limits=LIMITS)
     async with trio.open_nursery() as nursery:
         await nursery.start(a.run)
-        b = make_node(tmp_path, "b", bootstrap=(a.bound[0],))
+        b = make_node(tmp_path, "b", bootstrap=(a.bound[0],), limits=LIMITS)
         events = a.events.subscribe()
         await nursery.start(b.run)
         await next_event(events, "peer")

@@ -10,16 +10,6 @@ NOW = 1_700_000_000_000
 LATER = NOW + 7 * 24 * 3600 * 1000
 
 
-@pytest.fixture(scope="module")
-def alice() -> Identity:
-    return Identity.generate()
-
-
-@pytest.fixture(scope="module")
-def bob() -> Identity:
-    return Identity.generate()
-
-
 def seal_text(sender: Identity, to: Identity, text: str = "hello bob") -> bytes:
     return envelope.seal(
         sender, to.node_id, MessageKind.TEXT, text, timestamp_ms=NOW, expires_ms=LATER

@@ -17,16 +17,6 @@ from p2pdm.handshake import (
 from p2pdm.identity import Identity
 
 
-@pytest.fixture(scope="module")
-def alice() -> Identity:
-    return Identity.generate()
-
-
-@pytest.fixture(scope="module")
-def bob() -> Identity:
-    return Identity.generate()
-
-
 def run(initiator: Handshake, responder: Handshake) -> None:
     msg2 = responder.receive(initiator.start())
     assert msg2 is not None

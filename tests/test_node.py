@@ -2,34 +2,18 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import trio
 
-from p2pdm.identity import Identity
-from p2pdm.node import Node, NodeConfig
-from p2pdm.store import OutboxState, Store
+from p2pdm.store import OutboxState
+
+from .nodes import make_node, next_event
 
 if TYPE_CHECKING:
     from pathlib import Path
 
 DEADLINE = 30
-
-
-def make_node(tmp_path: Path, name: str, bootstrap: tuple[tuple[str, int], ...] = ()) -> Node:
-    home = tmp_path / name
-    home.mkdir()
-    config = NodeConfig(home=home, listen=(("127.0.0.1", 0),), bootstrap=bootstrap, mdns=False)
-    return Node(config, Identity.generate(), Store.open(home / "store.db"))
-
-
-async def next_event(
-    channel: trio.MemoryReceiveChannel[tuple[str, dict[str, Any]]], name: str
-) -> dict[str, Any]:
-    async for event, data in channel:
-        if event == name:
-            return data
-    raise AssertionError("event stream ended")
 
 
 async def test_two_nodes_exchange_messages_and_receipts(tmp_path: Path) -> None:

@@ -37,16 +37,6 @@ HOUR = 3600 * 1000
 LATER = NOW + 7 * 24 * HOUR
 
 
-@pytest.fixture(scope="module")
-def alice() -> Identity:
-    return Identity.generate()
-
-
-@pytest.fixture(scope="module")
-def bob() -> Identity:
-    return Identity.generate()
-
-
 @pytest.fixture
 def db(tmp_path: Path) -> Iterator[Store]:
     with Store.open(tmp_path / "node.db") as s:
