@@ -393,17 +393,19 @@ class PeerLink:
     def poke(self) -> None:
         self._wake.set()
 
-    def _busy_ids(self) -> set[bytes]:
-        busy = {out.message_id for out in self.in_flight.values()}
-        busy.update(self.settling)
-        busy.update(self._queued)
-        return busy
+    def _busy(self, message_id: bytes) -> bool:
+        """Queued, in flight, or acked with its outcome not yet committed."""
+        return (
+            message_id in self._queued
+            or message_id in self.settling
+            or any(out.message_id == message_id for out in self.in_flight.values())
+        )
 
     def offer(self, out: Outgoing) -> None:
         """A message for this peer was just committed: queue it for pushing."""
         if len(self.queue) >= MAX_LINK_QUEUE:
             self._reload = True  # the store has it; load it when the queue drains
-        elif out.message_id not in self._busy_ids():
+        elif not self._busy(out.message_id):
             self.queue.append(out)
             self._queued.add(out.message_id)
         self.poke()
@@ -517,6 +519,8 @@ class PeerLink:
         await self.opened.wait()
         while True:
             self._wake = trio.Event()
+            if len(self.settling) > 2 * self.node.config.window:
+                self._prune_settled()  # keeps it near one window, whatever the traffic
             if self.session.send_window_free > 0 and not self.queue and self._reload:
                 await self._load()
             frames = []
@@ -533,19 +537,22 @@ class PeerLink:
                 await self.conn.send_many(frames)
             await self._wake.wait()
 
+    def _prune_settled(self) -> None:
+        for mid in [m for m, op in self.settling.items() if op.done.is_set()]:
+            del self.settling[mid]
+
     async def _load(self) -> None:
         """Refill the queue from the store: at link start, and when it overflowed."""
         node = self.node
-        for mid in [m for m, op in self.settling.items() if op.done.is_set()]:
-            del self.settling[mid]
-        busy = self._busy_ids()
-        limit = MAX_LINK_QUEUE + len(busy)
+        self._prune_settled()
+        limit = MAX_LINK_QUEUE + len(self.in_flight) + len(self.settling) + len(self.queue)
         rows = await node.store_call(
             node.store.pending_for, self.peer, node.now_ms(), limit, RESEND_AFTER_MS
         )
         self._reload = len(rows) == limit
         for row in rows:
-            if row.message_id not in busy:
+            # Checked after the await: offer() may have queued some meanwhile.
+            if not self._busy(row.message_id):
                 self.queue.append(Outgoing.from_row(row))
                 self._queued.add(row.message_id)
 

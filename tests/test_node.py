@@ -32,6 +32,10 @@ async def test_two_nodes_exchange_messages_and_receipts(tmp_path: Path) -> None:
             while len(delivered) < len(ids):
                 delivered.add((await next_event(b_events, "delivered"))["id"])
             assert delivered == {i.hex() for i in ids}
+            # Bookkeeping of acked pushes stays near one window, not per message.
+            link = b.links[a.identity.node_id]
+            assert len(link.settling) <= 3 * b.config.window
+            assert not link.in_flight
 
             inbox = a.store.inbox()
             assert [r.body for r in inbox] == [f"hello {i}" for i in range(300)]
