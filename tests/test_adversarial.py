@@ -148,37 +148,52 @@ async def connect_raw(port: int, me: Identity) -> tuple[Connection, Session]:
     return conn, session
 
 
+class RawPeer:
+    """A hand-driven peer: handshake and session done, pushes what it is told."""
+
+    def __init__(self, conn: Connection, session: Session, me: Identity) -> None:
+        self.conn, self.session, self.me = conn, session, me
+
+    @classmethod
+    async def connect(cls, port: int, me: Identity) -> RawPeer:
+        return cls(*await connect_raw(port, me), me)
+
+    def seal_text(self, to: Node, text: str) -> bytes:
+        now = to.now_ms()
+        return envelope.seal(
+            self.me,
+            to.identity.node_id,
+            MessageKind.TEXT,
+            text,
+            timestamp_ms=now,
+            expires_ms=now + 60_000,
+        )
+
+    async def push(self, data: bytes) -> AckReceived:
+        """Push one envelope and return the node's ACK for it."""
+        _, frame = self.session.push_frame(data)
+        await self.conn.send(frame)
+        while True:
+            event = self.session.receive(await self.conn.receive())
+            if isinstance(event, AckReceived):
+                return event
+
+
 async def test_bad_signature_and_replay_are_refused(harness: Harness) -> None:
     a = harness.a
     mallory = Identity.generate()
     with trio.fail_after(DEADLINE):
-        conn, session = await connect_raw(harness.port, mallory)
-        good = envelope.seal(
-            mallory,
-            a.identity.node_id,
-            MessageKind.TEXT,
-            "once",
-            timestamp_ms=a.now_ms(),
-            expires_ms=a.now_ms() + 60_000,
-        )
+        peer = await RawPeer.connect(harness.port, mallory)
+        good = peer.seal_text(a, "once")
         forged = bytearray(good)
         forged[-40] ^= 1  # inside the ciphertext: the id no longer matches
-
-        async def push(data: bytes) -> AckReceived:
-            _, frame = session.push_frame(data)
-            await conn.send(frame)
-            while True:
-                event = session.receive(await conn.receive())
-                if isinstance(event, AckReceived):
-                    return event
-
-        assert (await push(good)).status is AckStatus.STORED
-        replay = await push(good)
+        assert (await peer.push(good)).status is AckStatus.STORED
+        replay = await peer.push(good)
         assert replay.status is AckStatus.DUPLICATE
-        refused = await push(bytes(forged))
+        refused = await peer.push(bytes(forged))
         assert refused.status is AckStatus.REFUSED
         assert refused.reason
-        await conn.aclose()
+        await peer.conn.aclose()
         inbox = a.store.inbox()
         assert [r.body for r in inbox if r.sender == mallory.node_id] == ["once"]
         await harness.legit_exchange()
@@ -206,25 +221,10 @@ async def test_blocked_sender_gets_no_receipt_even_on_resend(harness: Harness) -
     mallory = Identity.generate()
     a.store.set_blocked(mallory.node_id, True, a.now_ms())
     with trio.fail_after(DEADLINE):
-        conn, session = await connect_raw(harness.port, mallory)
-        spam = envelope.seal(
-            mallory,
-            a.identity.node_id,
-            MessageKind.TEXT,
-            "spam",
-            timestamp_ms=a.now_ms(),
-            expires_ms=a.now_ms() + 60_000,
-        )
-        statuses = []
-        for _ in range(2):
-            _, frame = session.push_frame(spam)
-            await conn.send(frame)
-            while True:
-                event = session.receive(await conn.receive())
-                if isinstance(event, AckReceived):
-                    statuses.append(event.status)
-                    break
-        await conn.aclose()
+        peer = await RawPeer.connect(harness.port, mallory)
+        spam = peer.seal_text(a, "spam")
+        statuses = [(await peer.push(spam)).status for _ in range(2)]
+        await peer.conn.aclose()
     assert statuses == [AckStatus.STORED, AckStatus.DUPLICATE]
     assert all(r.sender != mallory.node_id for r in a.store.inbox())
     assert a.store.pending_for(mallory.node_id, a.now_ms()) == []
