@@ -477,9 +477,9 @@ class PeerLink:
                         row.message_id.hex()[:12],
                         event.reason,
                     )
-                await self.node.committer.submit(
-                    AckOutcome(self.peer, row, event.status, event.reason)
-                )
+                outcome = AckOutcome(self.peer, row, event.status, event.reason)
+                self.settling[row.message_id] = outcome
+                await self.node.committer.submit(outcome)
                 self.poke()
             elif isinstance(event, PingReceived) and self.session.state is State.OPEN:
                 await self.conn.send(self.session.pong_frame(event.nonce))
