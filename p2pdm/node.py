@@ -324,6 +324,7 @@ class IncomingPush(Op):
                 ctx.events.append(("message", node.inbox_event(msg)))
         elif result is AcceptResult.DUPLICATE:
             self.status = AckStatus.DUPLICATE
+            node.duplicates_received += 1
             if msg.kind != MessageKind.RECEIPT and not store.is_blocked(msg.sender):
                 # Our first receipt may have been lost: send another.
                 ctx.receipts.setdefault(msg.sender, []).append(msg.message_id)
@@ -595,6 +596,8 @@ class Node:
         self.committer = Committer(self, store)
         self.events = EventHub()
         self.links: dict[NodeId, PeerLink] = {}
+        # Copies of messages we already held: each is work a sender wasted.
+        self.duplicates_received = 0
         self.bound: list[tuple[str, int]] = []
         self._admission = AdmissionControl(config.limits)
         self._store_lock = trio.Lock()

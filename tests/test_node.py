@@ -78,3 +78,26 @@ async def test_simultaneous_dials_end_with_one_connection(tmp_path: Path) -> Non
             while (await next_event(a_events, "delivered"))["id"] != ids[0].hex():
                 pass
             nursery.cancel_scope.cancel()
+
+
+async def test_backlog_larger_than_the_link_queue_arrives_once(tmp_path: Path) -> None:
+    """More mail than a link holds in memory: the link reloads from the store
+    while acks are still being committed, and must not push anything twice."""
+    from p2pdm.node import MAX_LINK_QUEUE
+
+    b = make_node(tmp_path, "b")
+    with trio.fail_after(DEADLINE * 2):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(b.run)
+            a = make_node(tmp_path, "a", bootstrap=(b.bound[0],))
+            count = MAX_LINK_QUEUE + 200
+            ids = await b.send_texts(a.identity.node_id, [f"backlog {i}" for i in range(count)])
+            b_events = b.events.subscribe()
+            await nursery.start(a.run)
+            delivered: set[str] = set()
+            while len(delivered) < count:
+                delivered.add((await next_event(b_events, "delivered"))["id"])
+            assert delivered == {i.hex() for i in ids}
+            assert len(a.store.inbox()) == count
+            assert a.duplicates_received == 0
+            nursery.cancel_scope.cancel()
