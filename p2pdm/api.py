@@ -125,6 +125,11 @@ class Api:
                 "relay": node.config.relay,
                 "mdns": node.config.mdns,
                 "uptime": round(time.time() - node.started_at, 3),
+                "since_start": {
+                    "received": node.messages_received,
+                    "delivered": node.messages_delivered,
+                    "duplicates": node.duplicates_received,
+                },
             }
         )
 

@@ -177,6 +177,9 @@ class BatchContext:
     receipts: dict[NodeId, list[bytes]] = field(default_factory=dict)
     events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     outgoing: list[Outgoing] = field(default_factory=list)
+    received: int = 0
+    delivered: int = 0
+    duplicates: int = 0
 
 
 class Committer:
@@ -245,6 +248,9 @@ class Committer:
                 log.debug(
                     "committed %d ops in %.1f ms", len(batch), (trio.current_time() - started) * 1e3
                 )
+                self._node.messages_received += ctx.received
+                self._node.messages_delivered += ctx.delivered
+                self._node.duplicates_received += ctx.duplicates
                 for op in batch:
                     op.done.set()
                 for name, data in ctx.events:
@@ -282,6 +288,35 @@ class Enqueue(Op):
                 ctx.outgoing.append(Outgoing(outer.message_id, outer.recipient, sealed, kind))
 
 
+class SendTexts(Enqueue):
+    """Texts the local user sends, sealed in the prepare stage, off the event loop."""
+
+    needs_prepare = True
+
+    def __init__(self, to: NodeId, texts: list[str], now_ms: int, expires_ms: int) -> None:
+        super().__init__([])
+        self.to, self.texts, self.now_ms, self.expires_ms = to, texts, now_ms, expires_ms
+        self.invalid: str | None = None
+        """Why the texts cannot be sent (nothing is stored then)."""
+
+    def prepare(self, node: Node, now_ms: int) -> None:
+        try:
+            for text in self.texts:
+                sealed = envelope.seal(
+                    node.identity,
+                    self.to,
+                    MessageKind.TEXT,
+                    text,
+                    timestamp_ms=self.now_ms,
+                    expires_ms=self.expires_ms,
+                )
+                outer = envelope.parse_outer(sealed)
+                self.rows.append((sealed, outer, int(MessageKind.TEXT), text))
+        except ValueError as exc:
+            self.invalid = str(exc)
+            self.rows.clear()
+
+
 class IncomingPush(Op):
     """An envelope a peer pushed; the ack status is decided inside the batch."""
 
@@ -317,14 +352,16 @@ class IncomingPush(Op):
             if msg.kind == MessageKind.RECEIPT:
                 ids = _receipt_ids(msg.body)
                 changed = store.mark_delivered(ids, ctx.now_ms, recipient=msg.sender)
+                ctx.delivered += len(changed)
                 for mid in changed:
                     ctx.events.append(("delivered", {"id": mid.hex(), "by": str(msg.sender)}))
             else:
                 ctx.receipts.setdefault(msg.sender, []).append(msg.message_id)
                 ctx.events.append(("message", node.inbox_event(msg)))
+                ctx.received += 1
         elif result is AcceptResult.DUPLICATE:
             self.status = AckStatus.DUPLICATE
-            node.duplicates_received += 1
+            ctx.duplicates += 1
             if msg.kind != MessageKind.RECEIPT and not store.is_blocked(msg.sender):
                 # Our first receipt may have been lost: send another.
                 ctx.receipts.setdefault(msg.sender, []).append(msg.message_id)
@@ -339,22 +376,28 @@ class IncomingPush(Op):
 
 
 class AckOutcome(Op):
-    """A peer acknowledged (or refused) one of our pushes."""
+    """A peer acknowledged (or refused) a run of our pushes."""
 
-    def __init__(self, peer: NodeId, row: Outgoing, status: AckStatus, reason: str) -> None:
+    def __init__(self, peer: NodeId, rows: list[Outgoing], status: AckStatus) -> None:
         super().__init__()
-        self.peer, self.row, self.status, self.reason = peer, row, status, reason
+        self.peer, self.rows, self.status = peer, rows, status
 
     def apply(self, store: Store, ctx: BatchContext) -> None:
-        row = self.row
         if self.status is AckStatus.REFUSED:
-            store.note_attempt(row.message_id, ctx.now_ms)
+            for row in self.rows:
+                store.note_attempt(row.message_id, ctx.now_ms)
             return
-        if row.kind == MessageKind.RECEIPT and self.peer == row.recipient:
-            # A receipt needs no receipt: its recipient holding it is the end.
-            store.mark_delivered([row.message_id], ctx.now_ms, recipient=self.peer)
-        else:
-            store.mark_sent(row.message_id, ctx.now_ms)
+        # A receipt needs no receipt: its recipient holding it is the end.
+        ends = [
+            r.message_id
+            for r in self.rows
+            if r.kind == MessageKind.RECEIPT and r.recipient == self.peer
+        ]
+        if ends:
+            store.mark_delivered(ends, ctx.now_ms, recipient=self.peer)
+        store.mark_sent_many(
+            [r.message_id for r in self.rows if r.message_id not in ends], ctx.now_ms
+        )
 
 
 def _receipt_ids(body: Any) -> list[bytes]:
@@ -374,6 +417,7 @@ class PeerLink:
         self.peer = conn.peer
         self.session = Session(Hello(node.config.window, node.config.relay, (), AGENT))
         self.in_flight: dict[int, Outgoing] = {}
+        self._in_flight_ids: set[bytes] = set()
         # Messages to push, fed by the committer as they are committed and
         # from the store when the link opens; bounded, the store has the rest.
         self.queue: deque[Outgoing] = deque()
@@ -399,7 +443,7 @@ class PeerLink:
         return (
             message_id in self._queued
             or message_id in self.settling
-            or any(out.message_id == message_id for out in self.in_flight.values())
+            or message_id in self._in_flight_ids
         )
 
     def offer(self, out: Outgoing) -> None:
@@ -470,16 +514,19 @@ class PeerLink:
                 await self.node.committer.submit(op)
                 await self._acks_send.send(op)
             elif isinstance(event, AckReceived):
-                row = self.in_flight.pop(event.seq)
+                rows = [self.in_flight.pop(seq) for seq in event.seqs]
+                self._in_flight_ids.difference_update(r.message_id for r in rows)
                 if event.status is AckStatus.REFUSED:
                     log.info(
-                        "peer %s refused %s: %s",
+                        "peer %s refused %d message(s) from %s: %s",
                         self.peer.short(),
-                        row.message_id.hex()[:12],
+                        len(rows),
+                        rows[0].message_id.hex()[:12],
                         event.reason,
                     )
-                outcome = AckOutcome(self.peer, row, event.status, event.reason)
-                self.settling[row.message_id] = outcome
+                outcome = AckOutcome(self.peer, rows, event.status)
+                for row in rows:
+                    self.settling[row.message_id] = outcome
                 await self.node.committer.submit(outcome)
                 self.poke()
             elif isinstance(event, PingReceived) and self.session.state is State.OPEN:
@@ -505,16 +552,24 @@ class PeerLink:
                 except trio.WouldBlock:
                     break
             await pending[0].done.wait()
-            frames = []
+            # Consecutive pushes with the same outcome share one ACK.
+            runs: list[tuple[int, AckStatus, str, int]] = []
             while pending and pending[0].done.is_set():
                 op = pending.popleft()
                 status, reason = op.status, op.reason
                 if op.error is not None:
                     status, reason = AckStatus.REFUSED, op.error
-                if self.session.state is not State.OPEN:
-                    return
-                frames.append(self.session.ack_frame(op.seq, status, reason))
-            await self.conn.send_many(frames)
+                if runs:
+                    first, last_status, last_reason, count = runs[-1]
+                    if (status, reason) == (last_status, last_reason) and op.seq == first + count:
+                        runs[-1] = (first, status, reason, count + 1)
+                        continue
+                runs.append((op.seq, status, reason, 1))
+            if self.session.state is not State.OPEN:
+                return
+            await self.conn.send_many(
+                [self.session.ack_frame(seq, st, why, n) for seq, st, why, n in runs]
+            )
 
     async def _pusher(self) -> None:
         await self.opened.wait()
@@ -525,11 +580,12 @@ class PeerLink:
             if self.session.send_window_free > 0 and not self.queue and self._reload:
                 await self._load()
             frames = []
-            while self.session.send_window_free > 0 and self.queue:
+            while self.queue and self.session.can_push(self.queue[0].envelope):
                 out = self.queue.popleft()
                 self._queued.discard(out.message_id)
                 seq, frame = self.session.push_frame(out.envelope)
                 self.in_flight[seq] = out
+                self._in_flight_ids.add(out.message_id)
                 frames.append(frame)
                 if len(frames) >= PUSHES_PER_WRITE:
                     await self.conn.send_many(frames)
@@ -596,7 +652,10 @@ class Node:
         self.committer = Committer(self, store)
         self.events = EventHub()
         self.links: dict[NodeId, PeerLink] = {}
-        # Copies of messages we already held: each is work a sender wasted.
+        # Since start: messages stored in the inbox, our messages newly
+        # receipted, and copies of messages we already held (wasted work).
+        self.messages_received = 0
+        self.messages_delivered = 0
         self.duplicates_received = 0
         self.bound: list[tuple[str, int]] = []
         self._admission = AdmissionControl(config.limits)
@@ -817,17 +876,14 @@ class Node:
         if not 0 < ttl <= MAX_TTL_MS:
             raise ValueError(f"ttl must be between 1 ms and {MAX_TTL_MS // 86_400_000} days")
         now = self.now_ms()
-        rows = []
-        for text in texts:
-            sealed = envelope.seal(
-                self.identity, to, MessageKind.TEXT, text, timestamp_ms=now, expires_ms=now + ttl
-            )
-            rows.append((sealed, envelope.parse_outer(sealed), int(MessageKind.TEXT), text))
-        op = await self.committer.submit(Enqueue(rows))
+        op = SendTexts(to, list(texts), now, now + ttl)
+        await self.committer.submit(op)
         await op.done.wait()
         if op.error is not None:
             raise StoreError(op.error)
-        return [outer.message_id for _, outer, _, _ in rows]
+        if op.invalid is not None:
+            raise ValueError(op.invalid)
+        return [outer.message_id for _, outer, _, _ in op.rows]
 
     def inbox_event(self, msg: envelope.Message) -> dict[str, Any]:
         return {

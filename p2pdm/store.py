@@ -993,6 +993,22 @@ class Store:
         return bool(changed)
 
     @_db
+    def mark_sent_many(self, message_ids: Iterable[bytes], now_ms: int) -> None:
+        """The recipient itself acknowledged these pushes: `mark_sent` for a batch."""
+        _check_ms(now_ms, "now_ms")
+        rows = [(now_ms, _check_id(mid)) for mid in message_ids]
+        with self._write() as conn:
+            # One statement per id: queued -> sent, and a hop took it now
+            # (the latest attempt, for retry_after_ms).
+            conn.executemany(
+                "UPDATE outbox SET"
+                " state = CASE state WHEN 'queued' THEN 'sent' ELSE state END,"
+                " last_attempt_ms = max(coalesce(last_attempt_ms, 0), ?)"
+                f" WHERE message_id = ? AND {_PENDING}",
+                rows,
+            )
+
+    @_db
     def relays_for(self, message_id: bytes) -> list[NodeId]:
         """Relays that acknowledged a copy of an outgoing message."""
         rows = self._c().execute(

@@ -64,7 +64,14 @@ def main() -> None:
     show("frame 3 (length + msg3: s, se, payload)", wire.encode_frame(msg3))
     show("handshake hash", a.result.handshake_hash)
     hello = wire.encode(
-        {"t": 1, "window": 64, "relay": True, "features": [], "agent": "p2pdm/0.1.0"}
+        {
+            "t": 1,
+            "window": 256,
+            "wbytes": 1 << 20,
+            "relay": True,
+            "features": [],
+            "agent": "p2pdm/0.1.0",
+        }
     )
     show("session HELLO (CBOR)", hello)
     show(

@@ -4,6 +4,7 @@ import pytest
 
 from p2pdm import wire
 from p2pdm.session import (
+    DEFAULT_WINDOW_BYTES,
     AckReceived,
     AckStatus,
     ByeReceived,
@@ -20,9 +21,11 @@ from p2pdm.session import (
 )
 
 
-def make_pair(window_a: int = 4, window_b: int = 4) -> tuple[Session, Session]:
+def make_pair(
+    window_a: int = 4, window_b: int = 4, window_bytes_b: int = DEFAULT_WINDOW_BYTES
+) -> tuple[Session, Session]:
     a = Session(Hello(window_a, True, ("relay",), "test-a"))
-    b = Session(Hello(window_b, False, (), "test-b"))
+    b = Session(Hello(window_b, False, (), "test-b", window_bytes_b))
     ha, hb = a.hello_frame(), b.hello_frame()
     ev = b.receive(ha)
     assert isinstance(ev, HelloReceived)
@@ -79,6 +82,36 @@ def test_ack_for_unknown_push_is_refused() -> None:
         a.receive(wire.encode({"t": 3, "n": 0, "s": 0}))
 
 
+def test_one_ack_covers_a_run_of_pushes() -> None:
+    a, b = make_pair(window_b=8)
+    for i in range(5):
+        _, frame = a.push_frame(b"m%d" % i)
+        b.receive(frame)
+    frame = b.ack_frame(1, AckStatus.STORED, count=3)
+    assert wire.decode(frame) == {"t": 3, "n": 1, "s": 0, "c": 3}
+    assert a.receive(frame) == AckReceived(1, AckStatus.STORED, "", 3)
+    assert a.in_flight == 2
+    with pytest.raises(SessionUsageError, match=r"pushes 2\.\.4 are not all waiting"):
+        b.ack_frame(2, AckStatus.STORED, count=3)
+
+
+@pytest.mark.parametrize(
+    ("ack", "error"),
+    [
+        ({"t": 3, "n": 0, "s": 0, "c": 3}, r"pushes 0\.\.2, which are not all in flight"),
+        ({"t": 3, "n": 0, "s": 0, "c": 1}, r"ACK\.c = 1 is outside"),
+        ({"t": 3, "n": 0, "s": 0, "c": 5000}, r"ACK\.c = 5000 is outside"),
+    ],
+)
+def test_bad_range_acks_are_refused(ack: dict[str, int], error: str) -> None:
+    a, b = make_pair()
+    for i in range(2):
+        _, frame = a.push_frame(b"m%d" % i)
+        b.receive(frame)
+    with pytest.raises(SessionError, match=error):
+        a.receive(wire.encode(ack))
+
+
 def test_refusal_carries_a_reason() -> None:
     a, b = make_pair()
     _, frame = a.push_frame(b"bad")
@@ -110,15 +143,25 @@ def test_bye_is_accepted_before_hello() -> None:
     assert a.receive(wire.encode({"t": 6, "r": "version"})) == ByeReceived("version")
 
 
+_HELLO: dict[str, wire.Value] = {
+    "t": 1,
+    "window": 5,
+    "wbytes": 65536,
+    "relay": True,
+    "features": [],
+    "agent": "",
+}
+
+
 @pytest.mark.parametrize(
     ("doc", "why"),
     [
-        ({"t": 1, "window": 0, "relay": True, "features": [], "agent": ""}, "window"),
-        ({"t": 1, "window": 5, "relay": 1, "features": [], "agent": ""}, "relay"),
-        ({"t": 1, "window": 5, "relay": True, "features": "x", "agent": ""}, "features"),
-        ({"t": 1, "window": 5, "relay": True, "features": [1], "agent": ""}, "features"),
-        ({"t": 1, "window": 5, "relay": True, "features": [], "agent": "a" * 65}, "agent"),
-        ({"t": 1, "window": 5, "relay": True, "features": []}, "lacks"),
+        ({**_HELLO, "window": 0}, "window"),
+        ({**_HELLO, "relay": 1}, "relay"),
+        ({**_HELLO, "features": "x"}, "features"),
+        ({**_HELLO, "features": [1]}, "features"),
+        ({**_HELLO, "agent": "a" * 65}, "agent"),
+        ({k: v for k, v in _HELLO.items() if k != "agent"}, "lacks"),
         ({"window": 5}, "type"),
         ([1, 2], "type"),
     ],
@@ -158,3 +201,35 @@ def test_usage_errors() -> None:
     _a2, b2 = make_pair()
     with pytest.raises(SessionUsageError, match="not waiting"):
         b2.ack_frame(0, AckStatus.STORED)
+
+
+def test_window_in_bytes_bounds_what_a_receiver_holds() -> None:
+    a, b = make_pair(window_b=8, window_bytes_b=1 << 16)
+    big = b"x" * 40_000
+    assert a.can_push(big)
+    _, frame = a.push_frame(big)
+    b.receive(frame)
+    assert a.send_window_free == 7
+    assert not a.can_push(big)
+    with pytest.raises(WindowFull):
+        a.push_frame(big)
+    assert a.can_push(b"small")
+    a.receive(b.ack_frame(0, AckStatus.STORED))
+    assert a.can_push(big)
+
+
+def test_a_peer_over_the_byte_window_is_disconnected() -> None:
+    _, b = make_pair(window_b=8, window_bytes_b=1 << 16)
+    b.receive(wire.encode({"t": 2, "n": 0, "env": b"x" * 40_000}))
+    with pytest.raises(SessionError, match="window of 65536 bytes"):
+        b.receive(wire.encode({"t": 2, "n": 1, "env": b"x" * 40_000}))
+    assert b.state is State.CLOSED
+
+
+@pytest.mark.parametrize("wbytes", [0, (1 << 16) - 1, (1 << 24) + 1])
+def test_hello_with_an_absurd_byte_window_is_refused(wbytes: int) -> None:
+    a = Session(Hello(4, True, (), "a"))
+    a.hello_frame()
+    hello = {"t": 1, "window": 4, "wbytes": wbytes, "relay": True, "features": [], "agent": "x"}
+    with pytest.raises(SessionError, match=r"HELLO\.wbytes"):
+        a.receive(wire.encode(hello))

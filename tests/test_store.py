@@ -230,6 +230,23 @@ def test_outbox_lifecycle_moves_forward_only(db: Store, alice: Identity, bob: Id
     assert state_of(db, mid) is OutboxState.READ
 
 
+def test_mark_sent_many_moves_only_pending_messages(
+    db: Store, alice: Identity, bob: Identity
+) -> None:
+    queued, sent, done = (queue_text(db, alice, bob.node_id, t) for t in ("a", "b", "c"))
+    assert db.mark_sent(sent, NOW + 1)
+    assert db.mark_delivered([done], NOW + 1, recipient=bob.node_id) == [done]
+    db.mark_sent_many([queued, sent, done, bytes(32)], NOW + 9)
+    rows = {m: db.outbox_message(m) for m in (queued, sent, done)}
+    assert {m: (r.state, r.last_attempt_ms) for m, r in rows.items() if r} == {
+        queued: (OutboxState.SENT, NOW + 9),
+        sent: (OutboxState.SENT, NOW + 9),
+        done: (OutboxState.DELIVERED, None),
+    }
+    with pytest.raises(StoreError):
+        db.mark_sent_many([b"short"], NOW)
+
+
 def test_outbox_expiry(db: Store, alice: Identity, bob: Identity) -> None:
     queued = queue_text(db, alice, bob.node_id, "q", exp=NOW + HOUR)
     sent = queue_text(db, alice, bob.node_id, "s", exp=NOW + HOUR)
