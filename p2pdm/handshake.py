@@ -67,6 +67,10 @@ class PeerRefused(HandshakeError):
     """The peer answered with an explicit refusal (e.g. no common version)."""
 
 
+class UnexpectedPeer(HandshakeError):
+    """We dialled one node id and another answered (a stale or forged address hint)."""
+
+
 class HandshakeUsageError(Exception):
     """Local misuse of the state machine (a bug in the caller)."""
 
@@ -270,7 +274,7 @@ class Handshake:
             raise HandshakeError(f"peer chose version {version}, which was not offered")
         peer = self._checked_peer(fields)
         if self._expected is not None and peer != self._expected:
-            raise HandshakeError(f"dialled {self._expected} but the peer there is {peer}")
+            raise UnexpectedPeer(f"dialled {self._expected} but the peer there is {peer}")
         msg3 = self._noise.write_message(_identity_payload(self._static, self._identity, None))
         self._finish(peer, version)
         return msg3

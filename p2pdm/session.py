@@ -9,6 +9,7 @@ Each transport frame carries one CBOR map with a type code "t":
     PING   {"t": 4, "n": nonce}
     PONG   {"t": 5, "n": nonce}
     BYE    {"t": 6, "r": reason}
+    PEERS  {"t": 7, "recs": [bytes]}   (signed peer records, see peerrecord.py)
 
 Both sides send HELLO first; nothing else is accepted before it. PUSH
 sequence numbers start at 0 and go up by one per push in each direction.
@@ -48,6 +49,9 @@ MAX_REASON_LEN = 200
 # A frame holds one Noise transport message's plaintext.
 MAX_FRAME_PLAINTEXT = 65535 - 16
 MAX_SEQ = (1 << 63) - 1
+# Peer exchange: records per PEERS frame, and the size of one record.
+MAX_PEER_RECORDS = 32
+MAX_PEER_RECORD_SIZE = 1024
 
 
 class FrameType(IntEnum):
@@ -63,6 +67,8 @@ class FrameType(IntEnum):
     """Answer to PING."""
     BYE = 6
     """Orderly close, with a reason a person can read."""
+    PEERS = 7
+    """Peer exchange: signed records of where nodes can be reached."""
 
 
 class AckStatus(IntEnum):
@@ -143,7 +149,21 @@ class ByeReceived:
     reason: str
 
 
-Event = HelloReceived | PushReceived | AckReceived | PingReceived | PongReceived | ByeReceived
+@dataclass(frozen=True)
+class PeersReceived:
+    records: tuple[bytes, ...]
+    """Unverified: the caller checks each record's signature."""
+
+
+Event = (
+    HelloReceived
+    | PushReceived
+    | AckReceived
+    | PingReceived
+    | PongReceived
+    | ByeReceived
+    | PeersReceived
+)
 
 
 class Session:
@@ -241,6 +261,17 @@ class Session:
         self._require_open()
         return wire.encode({"t": FrameType.PONG, "n": nonce})
 
+    def peers_frame(self, records: list[bytes]) -> bytes:
+        """Pass on signed peer records (at most MAX_PEER_RECORDS, each small)."""
+        self._require_open()
+        if len(records) > MAX_PEER_RECORDS or any(len(r) > MAX_PEER_RECORD_SIZE for r in records):
+            raise SessionUsageError(
+                f"a PEERS frame holds at most {MAX_PEER_RECORDS} records "
+                f"of at most {MAX_PEER_RECORD_SIZE} bytes"
+            )
+        recs: list[wire.Value] = list(records)
+        return wire.encode({"t": FrameType.PEERS, "recs": recs})
+
     def bye_frame(self, reason: str) -> bytes:
         """The last frame: say why, then close. Valid in any state."""
         self.state = State.CLOSED
@@ -290,6 +321,8 @@ class Session:
             fields = wire.as_map(doc, "PING", required={"t", "n"})
             nonce = wire.field_int(fields, "n", "PING", lo=0, hi=MAX_SEQ)
             return PingReceived(nonce) if kind == FrameType.PING else PongReceived(nonce)
+        if kind == FrameType.PEERS:
+            return self._got_peers(doc)
         if kind == FrameType.HELLO:
             raise SessionError("HELLO sent twice")
         raise SessionError(f"unknown frame type {kind}")
@@ -336,6 +369,15 @@ class Session:
         self._unacked[seq] = len(envelope)
         self._unacked_bytes += len(envelope)
         return PushReceived(seq, envelope)
+
+    def _got_peers(self, doc: dict[wire.Key, wire.Value]) -> PeersReceived:
+        fields = wire.as_map(doc, "PEERS", required={"t", "recs"})
+        recs = fields["recs"]
+        if not isinstance(recs, list) or len(recs) > MAX_PEER_RECORDS:
+            raise SessionError(f"PEERS.recs must be a list of at most {MAX_PEER_RECORDS}")
+        if not all(isinstance(r, bytes) and len(r) <= MAX_PEER_RECORD_SIZE for r in recs):
+            raise SessionError(f"PEERS.recs holds byte strings of at most {MAX_PEER_RECORD_SIZE}")
+        return PeersReceived(tuple(r for r in recs if isinstance(r, bytes)))
 
     def _got_ack(self, doc: dict[wire.Key, wire.Value]) -> AckReceived:
         fields = wire.as_map(doc, "ACK", required={"t", "n", "s"}, optional={"c", "r"})

@@ -175,6 +175,15 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (node_id, host, port)
     ) WITHOUT ROWID;
     """,
+    """
+    -- Each peer's latest signed record (peer exchange), kept to pass on as is.
+    CREATE TABLE peer_records (
+        node_id BLOB PRIMARY KEY REFERENCES peers (node_id) ON DELETE CASCADE,
+        seq INTEGER NOT NULL,
+        record BLOB NOT NULL,
+        received_ms INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -1301,38 +1310,113 @@ class Store:
             known = ", ".join(s.value for s in AddressSource)
             raise StoreError(f"unknown address source {source!r} (one of {known})") from None
         with self._write() as conn:
-            if not self._ensure_peer(conn, key, now_ms, seen=False):
-                return
-            row = conn.execute(
-                "SELECT source FROM peer_addresses WHERE node_id = ? AND host = ? AND port = ?",
-                (key, host, port),
-            ).fetchone()
-            if row is not None:
-                old = AddressSource(row[0])
-                keep = old if _SOURCE_RANK[old] >= _SOURCE_RANK[src] else src
-                conn.execute(
-                    "UPDATE peer_addresses SET source = ?,"
-                    " last_seen_ms = max(last_seen_ms, ?)"
-                    " WHERE node_id = ? AND host = ? AND port = ?",
-                    (keep.value, now_ms, key, host, port),
-                )
-                return
+            if self._ensure_peer(conn, key, now_ms, seen=False):
+                self._note_address(conn, key, host, port, src, now_ms)
+
+    @staticmethod
+    def _note_address(
+        conn: sqlite3.Connection, key: bytes, host: str, port: int, src: AddressSource, now_ms: int
+    ) -> None:
+        row = conn.execute(
+            "SELECT source FROM peer_addresses WHERE node_id = ? AND host = ? AND port = ?",
+            (key, host, port),
+        ).fetchone()
+        if row is not None:
+            old = AddressSource(row[0])
+            keep = old if _SOURCE_RANK[old] >= _SOURCE_RANK[src] else src
             conn.execute(
-                "INSERT INTO peer_addresses (node_id, host, port, source, last_seen_ms)"
-                " VALUES (?, ?, ?, ?, ?)",
-                (key, host, port, src.value, now_ms),
+                "UPDATE peer_addresses SET source = ?,"
+                " last_seen_ms = max(last_seen_ms, ?)"
+                " WHERE node_id = ? AND host = ? AND port = ?",
+                (keep.value, now_ms, key, host, port),
             )
-            count = conn.execute(
-                "SELECT count(*) FROM peer_addresses WHERE node_id = ?", (key,)
-            ).fetchone()[0]
-            if count > MAX_ADDRESSES_PER_PEER:
-                conn.execute(
-                    "DELETE FROM peer_addresses WHERE (node_id, host, port) IN"
-                    " (SELECT node_id, host, port FROM peer_addresses WHERE node_id = ?"
-                    "  ORDER BY last_ok_ms IS NOT NULL, failures DESC, last_seen_ms, host, port"
-                    "  LIMIT ?)",
-                    (key, count - MAX_ADDRESSES_PER_PEER),
+            return
+        conn.execute(
+            "INSERT INTO peer_addresses (node_id, host, port, source, last_seen_ms)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (key, host, port, src.value, now_ms),
+        )
+        count = conn.execute(
+            "SELECT count(*) FROM peer_addresses WHERE node_id = ?", (key,)
+        ).fetchone()[0]
+        if count > MAX_ADDRESSES_PER_PEER:
+            conn.execute(
+                "DELETE FROM peer_addresses WHERE (node_id, host, port) IN"
+                " (SELECT node_id, host, port FROM peer_addresses WHERE node_id = ?"
+                "  ORDER BY last_ok_ms IS NOT NULL, failures DESC, last_seen_ms, host, port"
+                "  LIMIT ?)",
+                (key, count - MAX_ADDRESSES_PER_PEER),
+            )
+
+    @_db
+    def accept_peer_record(
+        self,
+        node_id: NodeId,
+        seq: int,
+        record: bytes,
+        addresses: Sequence[tuple[str, int]],
+        now_ms: int,
+    ) -> bool:
+        """Keep a verified peer record if it is newer than the one held; True if kept.
+
+        Its addresses replace those that came from the node's older records;
+        addresses from other sources stay (they are hints of their own).
+        """
+        key = _check_node(node_id)
+        _check_ms(now_ms, "now_ms")
+        checked = [(_check_host(h), _check_port(p)) for h, p in addresses]
+        if not isinstance(record, bytes) or not 0 < len(record) <= MAX_META_VALUE_SIZE:
+            raise StoreError(f"a peer record is bytes of at most {MAX_META_VALUE_SIZE}")
+        with self._write() as conn:
+            held = conn.execute("SELECT seq FROM peer_records WHERE node_id = ?", (key,)).fetchone()
+            if held is not None and held[0] >= seq:
+                return False
+            if not self._ensure_peer(conn, key, now_ms, seen=False):
+                return False
+            conn.execute(
+                "INSERT INTO peer_records (node_id, seq, record, received_ms) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (node_id) DO UPDATE SET seq = excluded.seq,"
+                " record = excluded.record, received_ms = excluded.received_ms",
+                (key, seq, record, now_ms),
+            )
+            stale = [
+                (host, port)
+                for host, port in conn.execute(
+                    "SELECT host, port FROM peer_addresses WHERE node_id = ? AND source = ?",
+                    (key, AddressSource.PEX.value),
                 )
+                if (host, port) not in checked
+            ]
+            conn.executemany(
+                "DELETE FROM peer_addresses WHERE node_id = ? AND host = ? AND port = ?",
+                [(key, host, port) for host, port in stale],
+            )
+            for host, port in checked:
+                self._note_address(conn, key, host, port, AddressSource.PEX, now_ms)
+        return True
+
+    @_db
+    def peer_records(self, limit: int, exclude: Iterable[NodeId] = ()) -> list[bytes]:
+        """Records to pass on: those of the peers we talked to most recently."""
+        skip = {_check_node(n) for n in exclude}
+        rows = self._c().execute(
+            "SELECT r.node_id, r.record FROM peer_records r JOIN peers p USING (node_id)"
+            " ORDER BY p.last_seen_ms IS NULL, p.last_seen_ms DESC, r.received_ms DESC"
+            " LIMIT ?",
+            (self._check_limit(limit) + len(skip),),
+        )
+        return [bytes(r[1]) for r in rows if bytes(r[0]) not in skip][:limit]
+
+    @_db
+    def forget_peer_address(self, node_id: NodeId, host: str, port: int) -> bool:
+        """Drop one address hint (another node answered there); True if it was known."""
+        key = _check_node(node_id)
+        with self._write() as conn:
+            cur = conn.execute(
+                "DELETE FROM peer_addresses WHERE node_id = ? AND host = ? AND port = ?",
+                (key, _check_host(host), _check_port(port)),
+            )
+            return cur.rowcount == 1
 
     @_db
     def note_dial_result(

@@ -5,11 +5,14 @@ import pytest
 from p2pdm import wire
 from p2pdm.session import (
     DEFAULT_WINDOW_BYTES,
+    MAX_PEER_RECORD_SIZE,
+    MAX_PEER_RECORDS,
     AckReceived,
     AckStatus,
     ByeReceived,
     Hello,
     HelloReceived,
+    PeersReceived,
     PingReceived,
     PongReceived,
     PushReceived,
@@ -233,3 +236,21 @@ def test_hello_with_an_absurd_byte_window_is_refused(wbytes: int) -> None:
     hello = {"t": 1, "window": 4, "wbytes": wbytes, "relay": True, "features": [], "agent": "x"}
     with pytest.raises(SessionError, match=r"HELLO\.wbytes"):
         a.receive(wire.encode(hello))
+
+
+def test_peer_records_are_passed_as_opaque_bytes() -> None:
+    a, b = make_pair()
+    assert b.receive(a.peers_frame([b"r1", b"r2"])) == PeersReceived((b"r1", b"r2"))
+    with pytest.raises(SessionUsageError):
+        a.peers_frame([b"r"] * (MAX_PEER_RECORDS + 1))
+
+
+@pytest.mark.parametrize(
+    "recs",
+    [[b"r"] * (MAX_PEER_RECORDS + 1), [b"x" * (MAX_PEER_RECORD_SIZE + 1)], ["text"], b"r"],
+)
+def test_an_oversized_or_malformed_peers_frame_is_refused(recs: wire.Value) -> None:
+    _, b = make_pair()
+    with pytest.raises(SessionError, match=r"PEERS\.recs"):
+        b.receive(wire.encode({"t": 7, "recs": recs}))
+    assert b.state is State.CLOSED

@@ -1,0 +1,165 @@
+"""Peer records: forged, malformed and stale records are refused."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pytest
+
+from p2pdm import wire
+from p2pdm.peerrecord import (
+    MAX_RECORD_ADDRESSES,
+    RECORD_CONTEXT,
+    PeerRecord,
+    PeerRecordError,
+    parse_record,
+    usable_from,
+)
+from p2pdm.store import AddressSource, Store
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
+    from p2pdm.identity import Identity
+
+NOW = 1_700_000_000_000
+ADDRS = (("192.0.2.7", 7707), ("2001:db8::7", 7707), ("127.0.0.1", 7707))
+
+
+def signed_by(signer: Identity, rec: dict[str, wire.Value]) -> bytes:
+    """A record whose inner map is anything we like, signed by `signer`."""
+    inner = wire.encode(rec)
+    return wire.encode({"rec": inner, "sig": signer.sign(RECORD_CONTEXT + inner)})
+
+
+def test_a_record_round_trips(alice: Identity) -> None:
+    record = PeerRecord.create(alice, ADDRS, seq=3, timestamp_ms=NOW)
+    parsed = parse_record(record.data, now_ms=NOW)
+    assert parsed == record
+    assert parsed.node_id == alice.node_id
+    assert parsed.addresses == ADDRS
+    assert (parsed.seq, parsed.timestamp_ms) == (3, NOW)
+
+
+def test_a_record_signed_by_someone_else_is_refused(alice: Identity, bob: Identity) -> None:
+    # Bob claims Alice's id is at his address.
+    forged = signed_by(
+        bob,
+        {"id": alice.node_id.public_key, "addrs": ["203.0.113.9:7707"], "seq": 99, "ts": NOW},
+    )
+    with pytest.raises(PeerRecordError, match="signature does not verify"):
+        parse_record(forged, now_ms=NOW)
+
+
+def test_a_tampered_record_is_refused(alice: Identity) -> None:
+    record = PeerRecord.create(alice, ADDRS[:1], seq=1, timestamp_ms=NOW)
+    doc = wire.decode(record.data)
+    assert isinstance(doc, dict)
+    inner = doc["rec"]
+    assert isinstance(inner, bytes)
+    moved = inner.replace(b"192.0.2.7", b"192.0.2.8")
+    assert moved != inner
+    with pytest.raises(PeerRecordError, match="signature"):
+        parse_record(wire.encode({"rec": moved, "sig": doc["sig"]}), now_ms=NOW)
+
+
+@pytest.mark.parametrize(
+    ("addrs", "why"),
+    [
+        (["example.org:7707"], "not IP:PORT"),
+        (["192.0.2.7"], "not IP:PORT"),
+        (["192.0.2.7:0"], "port must be"),
+        (["0.0.0.0:7707"], "cannot be dialled"),
+        (["224.0.0.251:5353"], "cannot be dialled"),
+        (["[2001:DB8::7]:7707"], "canonical"),
+        (["192.0.2.7:07707"], "canonical"),
+        ([7707], "texts"),
+        (["192.0.2.1:1"] * (MAX_RECORD_ADDRESSES + 1), "at most"),
+        ("192.0.2.7:7707", "list"),
+    ],
+)
+def test_bad_addresses_are_refused(alice: Identity, addrs: wire.Value, why: str) -> None:
+    rec: dict[str, wire.Value] = {
+        "id": alice.node_id.public_key,
+        "addrs": addrs,
+        "seq": 1,
+        "ts": NOW,
+    }
+    with pytest.raises(PeerRecordError, match=why):
+        parse_record(signed_by(alice, rec), now_ms=NOW)
+
+
+@pytest.mark.parametrize(
+    ("data", "why"),
+    [
+        (b"", "malformed"),
+        (b"\xff" * 10, "malformed"),
+        (wire.encode({"rec": b"x"}), "lacks"),
+        (wire.encode({"rec": b"\xa0", "sig": bytes(64)}), "lacks"),
+        (b"\x00" * 2000, "over 1024"),
+    ],
+)
+def test_malformed_records_are_refused(data: bytes, why: str) -> None:
+    with pytest.raises(PeerRecordError, match=why):
+        parse_record(data, now_ms=NOW)
+
+
+def test_a_record_from_the_far_future_is_refused(alice: Identity) -> None:
+    record = PeerRecord.create(alice, ADDRS, seq=1, timestamp_ms=NOW + 25 * 3600 * 1000)
+    with pytest.raises(PeerRecordError, match="future"):
+        parse_record(record.data, now_ms=NOW)
+
+
+def test_loopback_addresses_only_count_between_nodes_on_one_host(alice: Identity) -> None:
+    record = PeerRecord.create(alice, ADDRS, seq=1, timestamp_ms=NOW)
+    assert usable_from(record, via_loopback=True) == ADDRS
+    assert usable_from(record, via_loopback=False) == ADDRS[:2]
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Iterator[Store]:
+    with Store.open(tmp_path / "node.db") as s:
+        yield s
+
+
+def keep(db: Store, record: PeerRecord, now_ms: int = NOW) -> bool:
+    return db.accept_peer_record(record.node_id, record.seq, record.data, record.addresses, now_ms)
+
+
+def test_only_a_newer_record_replaces_the_one_held(db: Store, alice: Identity) -> None:
+    old = PeerRecord.create(alice, [("192.0.2.1", 1)], seq=5, timestamp_ms=NOW)
+    new = PeerRecord.create(alice, [("192.0.2.2", 2)], seq=6, timestamp_ms=NOW)
+    assert keep(db, old)
+    db.note_peer_address(alice.node_id, "198.51.100.3", 3, AddressSource.MDNS, NOW)
+    assert keep(db, new)
+    # A stale record (a replay of the old one, or the same seq again) is refused.
+    assert not keep(db, old)
+    assert not keep(db, new)
+    assert db.peer_records(10) == [new.data]
+    # The newer record's addresses replaced the older record's; the mDNS hint stays.
+    addrs = {(a.host, a.port, a.source) for a in db.addresses_for(alice.node_id)}
+    assert addrs == {("192.0.2.2", 2, AddressSource.PEX), ("198.51.100.3", 3, AddressSource.MDNS)}
+
+
+def test_records_to_pass_on_leave_out_whom_we_ask_about(
+    db: Store, alice: Identity, bob: Identity
+) -> None:
+    for who in (alice, bob):
+        assert keep(db, PeerRecord.create(who, ADDRS[:1], seq=1, timestamp_ms=NOW))
+    db.peer_seen(bob.node_id, NOW + 1)
+    assert db.peer_records(10) == [
+        PeerRecord.create(bob, ADDRS[:1], seq=1, timestamp_ms=NOW).data,
+        PeerRecord.create(alice, ADDRS[:1], seq=1, timestamp_ms=NOW).data,
+    ]
+    assert db.peer_records(10, exclude=[bob.node_id]) == [
+        PeerRecord.create(alice, ADDRS[:1], seq=1, timestamp_ms=NOW).data
+    ]
+    assert len(db.peer_records(1)) == 1
+
+
+def test_an_address_can_be_forgotten(db: Store, alice: Identity) -> None:
+    db.note_peer_address(alice.node_id, "198.51.100.3", 3, AddressSource.MDNS, NOW)
+    assert db.forget_peer_address(alice.node_id, "198.51.100.3", 3)
+    assert not db.forget_peer_address(alice.node_id, "198.51.100.3", 3)
+    assert db.addresses_for(alice.node_id) == []
