@@ -58,6 +58,10 @@ class TransportLimits:
     """Seconds of silence after which we send a PING (well under idle_timeout)."""
     send_timeout: float = 30.0
     """Seconds one frame may take to send: a peer that stops reading is dropped."""
+    discovery_dial_rate: float = 1.0
+    """Dials per second to peers wanted only because discovery named them..."""
+    discovery_dial_burst: float = 8.0
+    """...after a burst of this many: a flood of fake announcements costs this much."""
 
 
 def limits_with(
