@@ -1,0 +1,1 @@
+"""Finding peers without configuration: mDNS on the local link (`mdns`)."""
