@@ -125,6 +125,12 @@ class Api:
                 "relay": node.config.relay,
                 "mdns": node.config.mdns,
                 "uptime": round(time.time() - node.started_at, 3),
+                "discovery": {
+                    "mdns_running": node.mdns is not None,
+                    "mdns_hints": node.mdns_hints,
+                    "dials": node.peer_table.dials_started,
+                    "discovery_dials": node.peer_table.discovery_dials,
+                },
                 "since_start": {
                     "received": node.messages_received,
                     "delivered": node.messages_delivered,

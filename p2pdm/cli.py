@@ -135,6 +135,7 @@ def cmd_run(home: Path, args: argparse.Namespace) -> int:
     listen = args.listen or list(conf.get("listen", [f"0.0.0.0:{DEFAULT_PORT}"]))  # type: ignore[call-overload]
     bootstrap = args.bootstrap or list(conf.get("bootstrap", []))  # type: ignore[call-overload]
     mdns = bool(conf.get("mdns", True)) if args.mdns is None else args.mdns
+    mdns_interfaces = args.mdns_interface or list(conf.get("mdns_interfaces", []))  # type: ignore[call-overload]
     relay = bool(conf.get("relay", True)) if args.relay is None else args.relay
     ttl_days = conf.get("ttl_days")
     limit_overrides: dict[str, object] = dict(conf.get("limits", {}))  # type: ignore[call-overload]
@@ -152,6 +153,7 @@ def cmd_run(home: Path, args: argparse.Namespace) -> int:
         listen=_addresses(listen, "--listen", DEFAULT_PORT),
         bootstrap=_addresses(bootstrap, "--bootstrap", DEFAULT_PORT),
         mdns=mdns,
+        mdns_interfaces=tuple(mdns_interfaces),
         relay=relay,
         ttl_ms=int(ttl_days) * 86_400_000 if isinstance(ttl_days, int) else DEFAULT_TTL_MS,
         limits=limits,
@@ -362,6 +364,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_false",
         default=None,
         help="do not use mDNS on the local network",
+    )
+    p.add_argument(
+        "--mdns-interface",
+        action="append",
+        metavar="NAME",
+        help="use mDNS on this interface only (repeatable; default: every interface)",
     )
     relay = p.add_mutually_exclusive_group()
     relay.add_argument(

@@ -74,6 +74,7 @@ CONFIG_KEYS: dict[str, tuple[type, str]] = {
     "listen": (list, 'addresses to listen on, e.g. ["0.0.0.0:7707"]'),
     "bootstrap": (list, 'peers to keep dialling, e.g. ["192.168.1.20:7707"]'),
     "mdns": (bool, "find peers on the local network by mDNS"),
+    "mdns_interfaces": (list, 'interfaces for mDNS, e.g. ["eth0"]; default: all'),
     "relay": (bool, "hold mail for other peers"),
     "log_level": (str, "debug, info, warning or error"),
     "ttl_days": (int, "how long sent messages live before they expire"),

@@ -5,19 +5,25 @@ Tasks (one nursery, structured):
   transport's admission control, then becomes a `PeerLink`;
 - a dialler per bootstrap address, redialling with exponential backoff and
   jitter while no connection to it is up;
+- the dial loop, which keeps wanted peers connected (peers we hold mail
+  for, contacts, recently discovered ones; `PeerTable` decides);
+- mDNS discovery (when on), whose hints only add addresses and reasons to
+  dial: the handshake decides who a peer is;
 - the `Committer`, through which every store write goes: it batches whatever
   is queued into one transaction (group commit) and only then lets anyone
   acknowledge anything;
 - a housekeeping task that expires outbox entries and forgets old ids.
 
 Each `PeerLink` runs a reader, an acknowledger, a pusher (outbox -> peer,
-within the peer's window) and a keepalive, and ends when any of them ends.
+within the peer's window), a keepalive and peer exchange, and ends when
+any of them ends.
 """
 
 from __future__ import annotations
 
 import abc
 import contextlib
+import ipaddress
 import logging
 import random
 import time
@@ -29,7 +35,15 @@ import trio
 
 from p2pdm import __version__, envelope, wire
 from p2pdm.envelope import EnvelopeError, MessageKind
-from p2pdm.handshake import HandshakeError, NoiseStatic, TransportError
+from p2pdm.handshake import (
+    PROTOCOL_VERSIONS,
+    HandshakeError,
+    NoiseStatic,
+    TransportError,
+    UnexpectedPeer,
+)
+from p2pdm.peerrecord import PeerRecord, PeerRecordError, parse_record, usable_from
+from p2pdm.peertable import PeerTable
 from p2pdm.session import (
     DEFAULT_WINDOW,
     AckReceived,
@@ -37,6 +51,7 @@ from p2pdm.session import (
     ByeReceived,
     Hello,
     HelloReceived,
+    PeersReceived,
     PingReceived,
     PongReceived,
     PushReceived,
@@ -44,14 +59,16 @@ from p2pdm.session import (
     SessionError,
     State,
 )
-from p2pdm.store import AcceptResult, Store, StoreError
+from p2pdm.store import AcceptResult, AddressSource, Store, StoreError
 from p2pdm.transport import (
     AdmissionControl,
     Connection,
     ConnectionClosed,
+    TokenBucket,
     TransportLimits,
     backoff_delay,
     format_address,
+    parse_address,
     run_handshake,
 )
 
@@ -59,6 +76,7 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterable
     from pathlib import Path
 
+    from p2pdm.discovery.mdns import DialHint, MdnsDiscovery
     from p2pdm.identity import Identity, NodeId
     from p2pdm.store import OutboxRow
 
@@ -88,6 +106,20 @@ DIAL_TIMEOUT = 10.0
 BACKOFF_BASE = 0.5
 BACKOFF_CAP = 60.0
 HOUSEKEEPING_INTERVAL = 60.0
+# The dial loop looks at who is wanted at least this often (and when poked).
+DIAL_CHECK_INTERVAL = 5.0
+# Addresses tried per dial of a peer, best first, each within DIAL_TIMEOUT.
+ADDRESSES_PER_DIAL = 4
+# Peer exchange: records sent per PEERS frame (ours first), how often a
+# link repeats them, and how often a peer may send us a PEERS frame.
+PEX_RECORDS = 32
+PEX_INTERVAL = 600.0
+PEX_MIN_GAP = 5.0
+# Our own record's addresses: listening on a wildcard address advertises
+# the interface addresses, at most this many.
+MAX_ADVERTISED = 8
+RECORD_SEQ_KEY = "peer_record_seq"
+
 # Events kept for a slow event-stream subscriber before it is dropped.
 SUBSCRIBER_BUFFER = 1024
 AGENT = f"p2pdm/{__version__}"
@@ -103,6 +135,8 @@ class NodeConfig:
     listen: tuple[tuple[str, int], ...] = (("0.0.0.0", DEFAULT_PORT),)
     bootstrap: tuple[tuple[str, int], ...] = ()
     mdns: bool = True
+    mdns_interfaces: tuple[str, ...] = ()
+    """Interfaces mDNS uses; empty means every interface with multicast."""
     relay: bool = True
     window: int = DEFAULT_WINDOW
     ttl_ms: int = DEFAULT_TTL_MS
@@ -431,6 +465,8 @@ class PeerLink:
             node.config.window + 1
         )
         self.last_received = trio.current_time()
+        self._pex_budget = TokenBucket(1 / PEX_MIN_GAP, 2.0, trio.current_time())
+        self._pex_news = trio.Event()
         self.opened = trio.Event()
         self.cancel_scope = trio.CancelScope()
         self.close_reason = ""
@@ -467,7 +503,7 @@ class PeerLink:
             if not await self._guarded(self._send_hello):
                 return
             async with trio.open_nursery() as nursery:
-                for task in (self._reader, self._acker, self._keepalive, self._pusher):
+                for task in (self._reader, self._acker, self._keepalive, self._pusher, self._pex):
                     nursery.start_soon(self._until_done, task)
 
     async def _send_hello(self) -> None:
@@ -533,6 +569,11 @@ class PeerLink:
                 await self.conn.send(self.session.pong_frame(event.nonce))
             elif isinstance(event, HelloReceived):
                 self.opened.set()
+            elif isinstance(event, PeersReceived):
+                if self._pex_budget.take(trio.current_time()):
+                    await self.node.take_records(self, event.records)
+                else:
+                    log.info("peer %s sends PEERS too often; ignored", self.peer.short())
             elif isinstance(event, ByeReceived):
                 self.close_reason = f"peer said goodbye: {event.reason}"
                 return
@@ -613,6 +654,33 @@ class PeerLink:
                 self.queue.append(Outgoing.from_row(row))
                 self._queued.add(row.message_id)
 
+    def pex_news(self) -> None:
+        """We learned records this peer may not have: pass them on soon."""
+        self._pex_news.set()
+
+    async def _pex(self) -> None:
+        """Peer exchange: our record and those we know, at open, on news, and now and then."""
+        await self.opened.wait()
+        while True:
+            self._pex_news = trio.Event()
+            records = await self.node.records_for(self.peer)
+            if self.session.state is not State.OPEN:
+                return
+            await self.conn.send(self.session.peers_frame(records))
+            # Never more often than the peer accepts PEERS frames.
+            await trio.sleep(PEX_MIN_GAP)
+            with trio.move_on_after(PEX_INTERVAL - PEX_MIN_GAP):
+                await self._pex_news.wait()
+
+    @property
+    def via_loopback(self) -> bool:
+        """The connection runs over loopback (both nodes on one host)."""
+        try:
+            host, _ = parse_address(self.conn.remote)
+            return ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            return False
+
     async def _keepalive(self) -> None:
         limits = self.node.config.limits
         nonce = 0
@@ -658,6 +726,14 @@ class Node:
         self.messages_delivered = 0
         self.duplicates_received = 0
         self.bound: list[tuple[str, int]] = []
+        self.record: PeerRecord | None = None
+        limits = config.limits
+        self.peer_table = PeerTable(
+            rate=limits.discovery_dial_rate, burst=limits.discovery_dial_burst
+        )
+        self._dial_wake = trio.Event()
+        self.mdns: MdnsDiscovery | None = None
+        self.mdns_hints = 0
         self._admission = AdmissionControl(config.limits)
         self._store_lock = trio.Lock()
         self._nursery: trio.Nursery | None = None
@@ -683,11 +759,13 @@ class Node:
                     sockname = listener.socket.getsockname()
                     self.bound.append((sockname[0], sockname[1]))
                     nursery.start_soon(self._serve, listener)
+            self.record = await self._sign_record()
             for host, port in self.config.bootstrap:
                 nursery.start_soon(self._bootstrap, host, port)
             nursery.start_soon(self._housekeeping)
+            nursery.start_soon(self._dial_loop)
             if self.config.mdns:
-                log.info("mDNS discovery is not part of this version; use --bootstrap")
+                await self._start_mdns(nursery)
             log.info(
                 "node %s listening on %s",
                 self.identity.node_id,
@@ -835,6 +913,157 @@ class Node:
             return False  # same dialler twice: keep the one already running
         return dialler(new) < dialler(old)
 
+    # --- discovery and dialling -------------------------------------------
+
+    def advertised(self) -> list[tuple[str, int]]:
+        """Where others can reach us: bound addresses, or interface ones for a wildcard."""
+        out: list[tuple[str, int]] = []
+        for host, port in self.bound:
+            ip = ipaddress.ip_address(host)
+            if ip.is_unspecified:
+                out += [(a, port) for a in interface_addresses(ip.version)]
+            else:
+                out.append((str(ip), port))
+        unique = list(dict.fromkeys(out))
+        # Loopback last: it only helps nodes on this host.
+        unique.sort(key=lambda a: ipaddress.ip_address(a[0]).is_loopback)
+        return unique[:MAX_ADVERTISED]
+
+    async def _sign_record(self) -> PeerRecord:
+        """Our peer record, with a sequence number above any we signed before."""
+        held = await self.store_call(self.store.get_meta, RECORD_SEQ_KEY)
+        last = int.from_bytes(held, "big") if held else 0
+        now = self.now_ms()
+        seq = max(now, last + 1)
+        await self.store_call(self.store.set_meta, RECORD_SEQ_KEY, seq.to_bytes(8, "big"))
+        return PeerRecord.create(self.identity, self.advertised(), seq, now)
+
+    async def records_for(self, peer: NodeId) -> list[bytes]:
+        """What a PEERS frame to `peer` carries: our record, then others it may not know."""
+        assert self.record is not None
+        others: list[bytes] = await self.store_call(
+            self.store.peer_records, PEX_RECORDS - 1, [peer, self.identity.node_id]
+        )
+        return [self.record.data, *others]
+
+    async def take_records(self, link: PeerLink, records: tuple[bytes, ...]) -> None:
+        """Check and keep records a peer passed on; each must be signed by its subject."""
+        kept: list[NodeId] = await self.store_call(self._keep_records, records, link.via_loopback)
+        if kept:
+            log.info("peer exchange with %s: %d new record(s)", link.peer.short(), len(kept))
+            for peer in kept:
+                self.peer_table.new_address(peer)
+            for other in list(self.links.values()):
+                if other is not link:
+                    other.pex_news()
+            self.poke_dialer()
+
+    def _keep_records(self, records: tuple[bytes, ...], via_loopback: bool) -> list[NodeId]:
+        # Runs in a worker thread: each record costs a signature check.
+        now = self.now_ms()
+        kept = []
+        for data in records:
+            try:
+                record = parse_record(data, now_ms=now)
+            except PeerRecordError as exc:
+                log.info("refused a peer record: %s", exc)
+                continue
+            if record.node_id == self.identity.node_id:
+                continue
+            addresses = usable_from(record, via_loopback=via_loopback)
+            if self.store.accept_peer_record(
+                record.node_id, record.seq, record.data, addresses, now
+            ):
+                kept.append(record.node_id)
+        return kept
+
+    async def _start_mdns(self, nursery: trio.Nursery) -> None:
+        from p2pdm.discovery.mdns import MdnsDiscovery, MdnsError
+
+        interfaces = self.config.mdns_interfaces or "all"
+        discovery = MdnsDiscovery(
+            self.identity.node_id, self.bound[0][1], PROTOCOL_VERSIONS, interfaces=interfaces
+        )
+        send, receive = trio.open_memory_channel["DialHint"](64)
+        try:
+            await nursery.start(discovery.run, send)
+        except MdnsError as exc:
+            log.warning("mDNS is off: %s", exc)
+            return
+        self.mdns = discovery
+        nursery.start_soon(self._take_hints, receive)
+
+    async def _take_hints(self, hints: trio.MemoryReceiveChannel[DialHint]) -> None:
+        async for hint in hints:
+            if hint.node_id == self.identity.node_id:
+                continue
+            self.mdns_hints += 1
+            now = self.now_ms()
+            for text in hint.addresses:
+                host, port = parse_address(text)
+                await self.store_call(
+                    self.store.note_peer_address, hint.node_id, host, port, AddressSource.MDNS, now
+                )
+            self.peer_table.discovered(hint.node_id, trio.current_time())
+            self.peer_table.new_address(hint.node_id)
+            self.poke_dialer()
+
+    def poke_dialer(self) -> None:
+        self._dial_wake.set()
+
+    async def _dial_loop(self) -> None:
+        assert self._nursery is not None
+        while True:
+            self._dial_wake = trio.Event()
+            now_ms = self.now_ms()
+            mail = await self.store_call(self.store.pending_recipients, now_ms)
+            contacts = await self.store_call(self.store.contacts)
+            now = trio.current_time()
+            for peer in self.peer_table.plan(
+                now,
+                connected=set(self.links),
+                mail=[p for p in mail if p != self.identity.node_id],
+                contacts=[c.node_id for c in contacts if not c.blocked],
+            ):
+                self._nursery.start_soon(self._dial_peer, peer)
+            wake = self.peer_table.next_wake(now)
+            timeout = DIAL_CHECK_INTERVAL if wake is None else min(DIAL_CHECK_INTERVAL, wake - now)
+            with trio.move_on_after(max(timeout, 0.01)):
+                await self._dial_wake.wait()
+
+    async def _dial_peer(self, peer: NodeId) -> None:
+        """Try a wanted peer's best addresses; run the link if one answers as that peer."""
+        rows = await self.store_call(self.store.addresses_for, peer)
+        conn: Connection | None = None
+        for row in rows[:ADDRESSES_PER_DIAL]:
+            try:
+                conn = await self.dial(row.host, row.port, expected=peer)
+            except UnexpectedPeer as exc:
+                # A stale or forged hint: that address is not this peer's.
+                log.info("dropping address %s for %s: %s", row.host, peer.short(), exc)
+                await self.store_call(self.store.forget_peer_address, peer, row.host, row.port)
+                continue
+            except (OSError, trio.TooSlowError, HandshakeError, ConnectionClosed) as exc:
+                log.debug("dial %s at %s:%d failed: %s", peer.short(), row.host, row.port, exc)
+                await self.store_call(
+                    self.store.note_dial_result, peer, row.host, row.port, False, self.now_ms()
+                )
+                continue
+            await self.store_call(
+                self.store.note_dial_result, peer, row.host, row.port, True, self.now_ms()
+            )
+            break
+        self.peer_table.dial_done(
+            peer, conn is not None, trio.current_time(), jitter=self._rng.random()
+        )
+        if conn is None:
+            self.poke_dialer()  # its backoff time is now set
+            return
+        try:
+            await self._run_link(conn)
+        finally:
+            self.poke_dialer()  # it may be wanted again
+
     # --- background work --------------------------------------------------
 
     async def _housekeeping(self) -> None:
@@ -897,3 +1126,20 @@ class Node:
 
     def connected(self) -> set[NodeId]:
         return {peer for peer, link in self.links.items() if link.opened.is_set()}
+
+
+def interface_addresses(version: int) -> list[str]:
+    """This host's addresses of one IP version (IPv6 link-local left out: they need a scope)."""
+    import ifaddr
+
+    out = []
+    for adapter in ifaddr.get_adapters():
+        for ip in adapter.ips:
+            host = ip.ip if isinstance(ip.ip, str) else ip.ip[0]
+            try:
+                addr = ipaddress.ip_address(host)
+            except ValueError:
+                continue
+            if addr.version == version and not addr.is_link_local:
+                out.append(str(addr))
+    return out

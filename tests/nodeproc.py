@@ -1,4 +1,7 @@
-"""Real `p2pdm run` processes for integration tests, on 127.0.0.1 only, mDNS off.
+"""Real `p2pdm run` processes for integration tests.
+
+By default on 127.0.0.1 with mDNS off; tests in network namespaces pass a
+command prefix (`ip netns exec NAME`), a listen address and mDNS on.
 
 Everything waits on something observable (a log line, an API answer, an
 event) with a deadline; nothing sleeps to let time pass.
@@ -19,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from p2pdm.apiclient import ApiClient
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
     from pathlib import Path
 
 DEADLINE = 60.0
@@ -49,9 +53,19 @@ def init_home(home: Path, name: str | None = None) -> str:
 class NodeProcess:
     """A running `p2pdm run`; its stderr is collected line by line."""
 
-    def __init__(self, home: Path, *extra: str) -> None:
+    def __init__(
+        self,
+        home: Path,
+        *extra: str,
+        prefix: Sequence[str] = (),
+        listen: str = "127.0.0.1:0",
+        mdns: bool = False,
+    ) -> None:
         self.home = home
         self.extra = extra
+        self.prefix = tuple(prefix)
+        self.listen = listen
+        self.mdns = mdns
         self.proc: subprocess.Popen[str] | None = None
         self.lines: queue.Queue[str | None] = queue.Queue()
         self.log: list[str] = []
@@ -59,6 +73,7 @@ class NodeProcess:
     def start(self, timeout: float = DEADLINE) -> NodeProcess:
         self.proc = subprocess.Popen(
             [
+                *self.prefix,
                 sys.executable,
                 "-m",
                 "p2pdm",
@@ -66,8 +81,8 @@ class NodeProcess:
                 str(self.home),
                 "run",
                 "--listen",
-                "127.0.0.1:0",
-                "--no-mdns",
+                self.listen,
+                *([] if self.mdns else ["--no-mdns"]),
                 "--log-level",
                 "info",
                 *self.extra,
@@ -116,26 +131,31 @@ class NodeProcess:
         result: dict[str, Any] = self.api.get("/v1/status")
         return result
 
-    def wait_connected(self, peer: str, timeout: float = DEADLINE) -> None:
-        """Return once `peer` is connected (subscribe first, then look, then wait)."""
+    def wait_peers(
+        self, check: Callable[[list[dict[str, Any]]], bool], timeout: float = DEADLINE
+    ) -> list[dict[str, Any]]:
+        """Return `p2pdm peers` once `check` holds for it; looks again on every event.
+
+        Addresses learned by peer exchange raise no event, so it also looks
+        again after a second without one.
+        """
         events = self.api.events("/v1/events")
         try:
-            peers = self.api.get("/v1/peers")["peers"]
-            if any(p["id"] == peer and p["connected"] for p in peers):
-                return
             deadline = time.monotonic() + timeout
-            while (left := deadline - time.monotonic()) > 0:
-                event = events.next(timeout=left)
-                if (
-                    event
-                    and event[0] == "peer"
-                    and event[1]["id"] == peer
-                    and event[1]["connected"]
-                ):
-                    return
-            raise TimeoutError(f"{peer} did not connect")
+            while True:
+                peers: list[dict[str, Any]] = self.api.get("/v1/peers")["peers"]
+                if check(peers):
+                    return peers
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"peers never matched; last seen: {peers}")
+                events.next(timeout=min(left, 1.0))
         finally:
             events.close()
+
+    def wait_connected(self, peer: str, timeout: float = DEADLINE) -> None:
+        """Return once `peer` is connected."""
+        self.wait_peers(lambda ps: any(p["id"] == peer and p["connected"] for p in ps), timeout)
 
     @property
     def address(self) -> str:

@@ -101,3 +101,29 @@ async def test_backlog_larger_than_the_link_queue_arrives_once(tmp_path: Path) -
             assert len(a.store.inbox()) == count
             assert a.duplicates_received == 0
             nursery.cancel_scope.cancel()
+
+
+async def test_a_node_learns_a_peer_by_exchange_and_dials_it_for_mail(tmp_path: Path) -> None:
+    # a <- b <- d: d knows only b, and has mail for a.
+    a = make_node(tmp_path, "a")
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(a.run)
+            b = make_node(tmp_path, "b", bootstrap=(a.bound[0],))
+            await nursery.start(b.run)
+            d = make_node(tmp_path, "d", bootstrap=(b.bound[0],))
+            d_events = d.events.subscribe()
+            await nursery.start(d.run)
+            [mid] = await d.send_texts(a.identity.node_id, ["found you through b"])
+            assert (await next_event(d_events, "delivered"))["id"] == mid.hex()
+
+            assert [r.body for r in a.store.inbox()] == ["found you through b"]
+            # d holds a's record as b passed it on, with a's listening address.
+            [a_row] = [p for p in d.store.peers() if p.node_id == a.identity.node_id]
+            assert (a_row.addresses[0].host, a_row.addresses[0].port) == a.bound[0]
+            assert a.identity.node_id in d.connected()
+            # b, which a dialled... no: b dialled a; a learned b's address from b's record.
+            assert [(x.host, x.port) for x in a.store.addresses_for(b.identity.node_id)] == [
+                b.bound[0]
+            ]
+            nursery.cancel_scope.cancel()
