@@ -765,7 +765,9 @@ class Node:
             nursery.start_soon(self._housekeeping)
             nursery.start_soon(self._dial_loop)
             if self.config.mdns:
-                await self._start_mdns(nursery)
+                # In the background: announcing takes a second or two of
+                # probing, and the node is of use before that.
+                nursery.start_soon(self._run_mdns)
             log.info(
                 "node %s listening on %s",
                 self.identity.node_id,
@@ -977,7 +979,7 @@ class Node:
                 kept.append(record.node_id)
         return kept
 
-    async def _start_mdns(self, nursery: trio.Nursery) -> None:
+    async def _run_mdns(self) -> None:
         from p2pdm.discovery.mdns import MdnsDiscovery, MdnsError
 
         interfaces = self.config.mdns_interfaces or "all"
@@ -985,13 +987,14 @@ class Node:
             self.identity.node_id, self.bound[0][1], PROTOCOL_VERSIONS, interfaces=interfaces
         )
         send, receive = trio.open_memory_channel["DialHint"](64)
-        try:
-            await nursery.start(discovery.run, send)
-        except MdnsError as exc:
-            log.warning("mDNS is off: %s", exc)
-            return
-        self.mdns = discovery
-        nursery.start_soon(self._take_hints, receive)
+        async with trio.open_nursery() as nursery:
+            try:
+                await nursery.start(discovery.run, send)
+            except MdnsError as exc:
+                log.warning("mDNS is off: %s", exc)
+                return
+            self.mdns = discovery
+            nursery.start_soon(self._take_hints, receive)
 
     async def _take_hints(self, hints: trio.MemoryReceiveChannel[DialHint]) -> None:
         async for hint in hints:

@@ -375,7 +375,7 @@ class MdnsDiscovery:
             async with trio.open_nursery() as nursery:
                 for _ in range(MAX_CONCURRENT_RESOLUTIONS):
                     nursery.start_soon(self._resolver, zc, queue_receive, queued, hints)
-                self.advertising = await trio.to_thread.run_sync(self._register, zc, info)
+                # Browse first: others' answers arrive while we announce.
                 browser = await trio.to_thread.run_sync(
                     functools.partial(
                         zeroconf.ServiceBrowser,
@@ -384,6 +384,7 @@ class MdnsDiscovery:
                         listener=_Listener(token, heard, self._forget),
                     )
                 )
+                self.advertising = await trio.to_thread.run_sync(self._register, zc, info)
                 log.info(
                     "mDNS: %s %s on %s",
                     "advertising" if self.advertising else "browsing (not advertising)",
@@ -415,17 +416,14 @@ class MdnsDiscovery:
         return zc, addresses
 
     def _register(self, zc: zeroconf.Zeroconf, info: zeroconf.ServiceInfo) -> bool:
-        """Worker thread: probe for our name and announce it; False if we cannot."""
+        """Worker thread: announce our record at once; False if we cannot.
+
+        No probing first (docs/DECISIONS.md, "mDNS without probing"): our
+        names are our node id, which no honest node shares, and deferring to
+        whoever claims it first would let anyone on the link silence us.
+        """
         try:
-            zc.register_service(info, allow_name_change=False)
-        except zeroconf.NonUniqueNameException:
-            # Someone else answers for our id: the same key running twice, or
-            # a spoofer. We cannot out-shout it; browsing still works.
-            log.warning(
-                "mDNS: another responder on the link already claims %s; not advertising",
-                self.node_id.short(),
-            )
-            return False
+            zc.register_service(info, allow_name_change=False, cooperating_responders=True)
         except zeroconf.Error as exc:
             log.warning("mDNS: could not advertise %s: %r", self.node_id.short(), exc)
             return False
