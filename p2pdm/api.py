@@ -205,6 +205,10 @@ class Api:
         out = []
         for row in rows:
             sources = sorted({a.source.value for a in row.addresses})
+            # A signed record outranks an mDNS claim for the same address in
+            # the store, but "heard by mDNS" is still how the peer was found.
+            if self.node.peer_table.was_discovered(row.node_id):
+                sources.insert(0, "mdns")
             if row.node_id in connected:
                 link = self.node.links[row.node_id]
                 sources.append("inbound" if not link.conn.initiator else "outbound")

@@ -54,6 +54,10 @@ class PeerTable:
         while len(self._discovered) > MAX_REMEMBERED_DISCOVERIES:
             self._discovered.popitem(last=False)
 
+    def was_discovered(self, peer: NodeId) -> bool:
+        """A discovery hint named `peer` lately (one of the last 256 ids heard)."""
+        return peer in self._discovered
+
     def new_address(self, peer: NodeId) -> None:
         """A new address for `peer` was learned: its backoff no longer applies."""
         self._retry_at.pop(peer, None)

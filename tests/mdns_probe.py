@@ -7,7 +7,11 @@
         S seconds, once the goodbye has been sent, {"event": "stopped", ...}
         with the counters. {"event": "error", ...} and exit 2 if mDNS cannot run.
 
-    python tests/mdns_probe.py --raw --address IP [--instance NAME --port N --txt K=V ...]
+    python tests/mdns_probe.py --raw --address IP [--instance NAME --port N --txt K=V ...
+                               [--no-probe]]
+    python tests/mdns_probe.py --raw --address IP --flood N [--port P]
+        Announces N well-formed records, each a new made-up node id at IP:P,
+        then prints {"event": "flooded", ...}.
         Plain python-zeroconf, no checks: optionally registers a record made
         of exactly what is given (to play a malformed or hostile peer), and
         prints every browse event ({"event": "added" | "updated" | "removed",
@@ -19,6 +23,7 @@ Only for tests: never run it outside a namespace the test made.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import ipaddress
 import json
 import logging
@@ -31,7 +36,7 @@ import trio
 import zeroconf
 
 from p2pdm.discovery.mdns import SERVICE_TYPE, DialHint, MdnsDiscovery, MdnsError
-from p2pdm.identity import NodeId
+from p2pdm.identity import Identity, NodeId
 
 _print_lock = threading.Lock()
 
@@ -100,6 +105,33 @@ class _RawListener(zeroconf.ServiceListener):
         emit("removed", name=name)
 
 
+def flood(zc: zeroconf.Zeroconf, address: str, port: int, count: int) -> None:
+    """Announce `count` well-formed records, each a new made-up node id, all at `address`."""
+    infos = []
+    for _ in range(count):
+        text = str(Identity.generate().node_id)
+        infos.append(
+            zeroconf.ServiceInfo(
+                SERVICE_TYPE,
+                f"{text}.{SERVICE_TYPE}",
+                port=port,
+                properties={b"id": text.encode(), b"v": b"1"},
+                server=f"{text}.local.",
+                addresses=[ipaddress.ip_address(address).packed],
+            )
+        )
+
+    async def register_all() -> None:
+        # All at once on zeroconf's loop: one by one, each waits out its announcements.
+        announcing = [
+            await zc.async_register_service(info, cooperating_responders=True) for info in infos
+        ]
+        await asyncio.gather(*announcing)
+
+    assert zc.loop is not None
+    asyncio.run_coroutine_threadsafe(register_all(), zc.loop).result(timeout=60)
+
+
 def run_raw(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -120,8 +152,13 @@ def run_raw(args: argparse.Namespace) -> int:
                 server=f"raw-{args.address.replace('.', '-')}.local.",
                 addresses=[ipaddress.ip_address(args.address).packed],
             )
-            zc.register_service(info)
+            # --no-probe skips the conflict check and announces at once, as a
+            # forger that talks over an existing record would.
+            zc.register_service(info, cooperating_responders=args.no_probe)
             emit("registered", name=info.name)
+        if args.flood:
+            flood(zc, args.address, args.port, args.flood)
+            emit("flooded", count=args.flood)
         browser = zeroconf.ServiceBrowser(zc, SERVICE_TYPE, listener=_RawListener())
         emit("browsing")
         stop.wait(args.seconds)
@@ -144,6 +181,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--raw", action="store_true", help="plain zeroconf, no checks")
     parser.add_argument("--address", help="raw mode: the IPv4 address to use and announce")
     parser.add_argument("--instance", help="raw mode: register this instance name")
+    parser.add_argument(
+        "--flood", type=int, default=0, help="raw mode: announce this many made-up node ids"
+    )
+    parser.add_argument(
+        "--no-probe", action="store_true", help="raw mode: announce without probing first"
+    )
     parser.add_argument("--txt", action="append", default=[], help="raw mode: a TXT entry K=V")
     args = parser.parse_args(argv)
 

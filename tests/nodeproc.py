@@ -71,6 +71,8 @@ class NodeProcess:
         self.log: list[str] = []
 
     def start(self, timeout: float = DEADLINE) -> NodeProcess:
+        # A fresh queue: a restart must not see the last run's end of output.
+        self.lines = queue.Queue()
         self.proc = subprocess.Popen(
             [
                 *self.prefix,
