@@ -184,12 +184,101 @@ MIGRATIONS: tuple[str, ...] = (
         received_ms INTEGER NOT NULL
     ) WITHOUT ROWID;
     """,
+    """
+    -- Envelopes held for others (relay role): opaque, only the outer fields.
+    CREATE TABLE relay (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        message_id BLOB NOT NULL UNIQUE CHECK (length(message_id) = 32),
+        recipient BLOB NOT NULL CHECK (length(recipient) = 32),
+        uploader BLOB NOT NULL CHECK (length(uploader) = 32),
+        size INTEGER NOT NULL CHECK (size > 0),
+        expires_ms INTEGER NOT NULL,
+        received_ms INTEGER NOT NULL,
+        envelope BLOB NOT NULL
+    );
+    CREATE INDEX relay_by_recipient ON relay (recipient, seq);
+    CREATE INDEX relay_by_expiry ON relay (expires_ms);
+    -- Bytes and envelopes held per uploader; the all-zero key is the total.
+    -- Kept by triggers, so quota checks are two lookups, not a scan.
+    CREATE TABLE relay_usage (
+        uploader BLOB PRIMARY KEY,
+        bytes INTEGER NOT NULL,
+        count INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TRIGGER relay_usage_add AFTER INSERT ON relay BEGIN
+        INSERT INTO relay_usage (uploader, bytes, count) VALUES (new.uploader, new.size, 1),
+            (zeroblob(32), new.size, 1)
+        ON CONFLICT (uploader) DO UPDATE SET
+            bytes = bytes + excluded.bytes, count = count + 1;
+    END;
+    CREATE TRIGGER relay_usage_remove AFTER DELETE ON relay BEGIN
+        UPDATE relay_usage SET bytes = bytes - old.size, count = count - 1
+            WHERE uploader IN (old.uploader, zeroblob(32));
+        DELETE FROM relay_usage WHERE count = 0 AND uploader != zeroblob(32);
+    END;
+    -- Signed delivery notices, kept to pass on until the mail they cover expires.
+    CREATE TABLE notices (
+        id INTEGER PRIMARY KEY,
+        data BLOB NOT NULL,
+        expires_ms INTEGER NOT NULL
+    );
+    -- Ids known delivered to `recipient` (by its notice, or its own ack to us).
+    CREATE TABLE delivered (
+        message_id BLOB PRIMARY KEY CHECK (length(message_id) = 32),
+        recipient BLOB NOT NULL CHECK (length(recipient) = 32),
+        notice_id INTEGER REFERENCES notices (id) ON DELETE SET NULL,
+        expires_ms INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX delivered_by_expiry ON delivered (expires_ms);
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
+_TOTAL = bytes(32)  # relay_usage's key for the total
 
 
 class StoreError(Exception):
     """Bad use, bad input, or a database that cannot be used; the message says which."""
+
+
+class RelayResult(Enum):
+    """What accept_relay did with an envelope for someone else."""
+
+    STORED = "stored"
+    DUPLICATE = "duplicate"
+    """Already held: nothing changed."""
+    DELIVERED = "delivered"
+    """Known delivered to its recipient: not taken (pass the notice back)."""
+    REFUSED = "refused"
+    """Not taken; `RelayVerdict.reason` says why."""
+
+
+@dataclass(frozen=True)
+class RelayQuota:
+    """What a relay agrees to hold (docs/DECISIONS.md, "Relay limits")."""
+
+    max_ttl_ms: int = 7 * 24 * 3600 * 1000
+    max_total_bytes: int = 256 << 20
+    max_peer_bytes: int = 32 << 20
+    max_envelope_bytes: int = 64 << 10
+
+
+@dataclass(frozen=True)
+class RelayVerdict:
+    result: RelayResult
+    reason: str = ""
+    notice: bytes | None = None
+    """For DELIVERED: the recipient's notice, if held, to send back."""
+
+
+@dataclass(frozen=True)
+class RelayRow:
+    message_id: bytes
+    recipient: NodeId
+    uploader: NodeId
+    size: int
+    expires_ms: int
+    received_ms: int
+    envelope: bytes
 
 
 class AcceptResult(Enum):
@@ -431,9 +520,16 @@ _OUTBOX_COLUMNS = (
     "seq, message_id, recipient, envelope, kind, body, created_ms, expires_ms, state,"
     " attempts, last_attempt_ms, delivered_ms, relayed_to"
 )
+_RELAY_COLUMNS = "message_id, recipient, uploader, size, expires_ms, received_ms, envelope"
 _ADDRESS_COLUMNS = "host, port, source, last_seen_ms, last_ok_ms, failures"
 # Best dial candidates first: proven addresses, fewest failures, freshest.
 _ADDRESS_ORDER = "last_ok_ms IS NULL, failures, last_seen_ms DESC, host, port"
+
+
+def _relay_row(r: Sequence[Any]) -> RelayRow:
+    return RelayRow(
+        bytes(r[0]), NodeId(bytes(r[1])), NodeId(bytes(r[2])), r[3], r[4], r[5], bytes(r[6])
+    )
 
 
 class Store:
@@ -1537,3 +1633,223 @@ class Store:
         if not isinstance(key, str) or not 0 < len(key) <= MAX_META_KEY_LEN:
             raise StoreError(f"a meta key is text of 1..{MAX_META_KEY_LEN} characters")
         return key
+
+    # --- relay: envelopes held for others --------------------------------
+
+    @_db
+    def accept_relay(
+        self,
+        message_id: bytes,
+        recipient: NodeId,
+        expires_ms: int,
+        envelope: bytes,
+        uploader: NodeId,
+        now_ms: int,
+        quota: RelayQuota,
+    ) -> RelayVerdict:
+        """Hold an envelope for `recipient` if the quota allows; never evicts anything.
+
+        The caller has checked the envelope's outer form (its id matches its
+        bytes). Refusals leave the store unchanged and say why, so the
+        uploader can keep the message and try elsewhere.
+        """
+        mid, rkey, ukey = _check_id(message_id), _check_node(recipient), _check_node(uploader)
+        _check_ms(now_ms, "now_ms")
+        size = len(envelope)
+        with self._write() as conn:
+            if conn.execute("SELECT 1 FROM relay WHERE message_id = ?", (mid,)).fetchone():
+                return RelayVerdict(RelayResult.DUPLICATE)
+            done = conn.execute(
+                "SELECT d.recipient, n.data FROM delivered d"
+                " LEFT JOIN notices n ON n.id = d.notice_id WHERE d.message_id = ?",
+                (mid,),
+            ).fetchone()
+            if done is not None and bytes(done[0]) == rkey:
+                return RelayVerdict(
+                    RelayResult.DELIVERED,
+                    "already delivered",
+                    None if done[1] is None else bytes(done[1]),
+                )
+            if expires_ms <= now_ms:
+                return RelayVerdict(RelayResult.REFUSED, "message has expired")
+            if expires_ms - now_ms > quota.max_ttl_ms:
+                days = quota.max_ttl_ms / 86_400_000
+                return RelayVerdict(
+                    RelayResult.REFUSED, f"expiry is beyond this relay's limit of {days:g} days"
+                )
+            if size > quota.max_envelope_bytes:
+                return RelayVerdict(
+                    RelayResult.REFUSED,
+                    f"envelope of {size} bytes is over this relay's {quota.max_envelope_bytes}",
+                )
+            usage = {
+                bytes(k): b
+                for k, b in conn.execute(
+                    "SELECT uploader, bytes FROM relay_usage WHERE uploader IN (?, ?)",
+                    (ukey, _TOTAL),
+                )
+            }
+            if usage.get(ukey, 0) + size > quota.max_peer_bytes:
+                return RelayVerdict(
+                    RelayResult.REFUSED,
+                    f"relay quota for this peer is full ({quota.max_peer_bytes} bytes)",
+                )
+            if usage.get(_TOTAL, 0) + size > quota.max_total_bytes:
+                return RelayVerdict(
+                    RelayResult.REFUSED,
+                    f"relay storage is full ({quota.max_total_bytes} bytes)",
+                )
+            conn.execute(
+                "INSERT INTO relay (message_id, recipient, uploader, size, expires_ms,"
+                " received_ms, envelope) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (mid, rkey, ukey, size, expires_ms, now_ms, envelope),
+            )
+        return RelayVerdict(RelayResult.STORED)
+
+    @_db
+    def relay_usage(self, uploader: NodeId | None = None) -> tuple[int, int]:
+        """(envelopes, bytes) held for everyone, or uploaded by one peer."""
+        key = _TOTAL if uploader is None else _check_node(uploader)
+        row = (
+            self._c()
+            .execute("SELECT count, bytes FROM relay_usage WHERE uploader = ?", (key,))
+            .fetchone()
+        )
+        return (0, 0) if row is None else (int(row[0]), int(row[1]))
+
+    @_db
+    def relay_for(
+        self, recipient: NodeId, now_ms: int, limit: int | None = None
+    ) -> list[RelayRow]:
+        """Held envelopes for `recipient`, unexpired, oldest first."""
+        sql = (
+            f"SELECT {_RELAY_COLUMNS} FROM relay WHERE recipient = ? AND expires_ms > ?"
+            " ORDER BY seq"
+        )
+        args: list[object] = [_check_node(recipient), _check_ms(now_ms, "now_ms")]
+        if limit is not None:
+            sql += " LIMIT ?"
+            args.append(self._check_limit(limit))
+        return [_relay_row(r) for r in self._c().execute(sql, args)]
+
+    @_db
+    def relay_rows(self, message_ids: Iterable[bytes]) -> list[RelayRow]:
+        """The held envelopes among these ids (unknown ones are left out)."""
+        out = []
+        conn = self._c()
+        for mid in _id_list(message_ids):
+            row = conn.execute(
+                f"SELECT {_RELAY_COLUMNS} FROM relay WHERE message_id = ?", (mid,)
+            ).fetchone()
+            if row is not None:
+                out.append(_relay_row(row))
+        return out
+
+    @_db
+    def relay_ids(self, now_ms: int) -> list[bytes]:
+        """Ids of every unexpired held envelope, sorted (for reconciliation)."""
+        rows = self._c().execute(
+            "SELECT message_id FROM relay WHERE expires_ms > ? ORDER BY message_id",
+            (_check_ms(now_ms, "now_ms"),),
+        )
+        return [bytes(r[0]) for r in rows]
+
+    @_db
+    def relay_recipients(self, now_ms: int) -> list[NodeId]:
+        """Everyone we hold unexpired mail for."""
+        rows = self._c().execute(
+            "SELECT DISTINCT recipient FROM relay WHERE expires_ms > ? ORDER BY recipient",
+            (_check_ms(now_ms, "now_ms"),),
+        )
+        return [NodeId(bytes(r[0])) for r in rows]
+
+    @_db
+    def note_delivered(
+        self,
+        message_ids: Iterable[bytes],
+        recipient: NodeId,
+        now_ms: int,
+        notice: bytes | None = None,
+    ) -> list[bytes]:
+        """`recipient` has these messages: drop held copies addressed to it, remember why.
+
+        Only ids held for `recipient` (in the relay table or our own outbox)
+        are touched, so a notice signed by anyone else deletes nothing. The
+        notice, when given, is kept until the last id it covers expires, to
+        pass on. Returns the ids recorded.
+        """
+        rkey = _check_node(recipient)
+        ids = _id_list(message_ids)
+        _check_ms(now_ms, "now_ms")
+        recorded: list[bytes] = []
+        with self._write() as conn:
+            expiries: dict[bytes, int] = {}
+            for mid in ids:
+                row = conn.execute(
+                    "SELECT expires_ms FROM relay WHERE message_id = ? AND recipient = ?"
+                    " UNION ALL SELECT expires_ms FROM outbox"
+                    " WHERE message_id = ? AND recipient = ?",
+                    (mid, rkey, mid, rkey),
+                ).fetchone()
+                if row is not None:
+                    expiries[mid] = int(row[0])
+            if not expiries:
+                return []
+            notice_id = None
+            if notice is not None:
+                cur = conn.execute(
+                    "INSERT INTO notices (data, expires_ms) VALUES (?, ?)",
+                    (notice, max(expiries.values())),
+                )
+                notice_id = cur.lastrowid
+            for mid, expires in expiries.items():
+                conn.execute("DELETE FROM relay WHERE message_id = ?", (mid,))
+                held = conn.execute(
+                    "SELECT notice_id FROM delivered WHERE message_id = ?", (mid,)
+                ).fetchone()
+                if held is not None and (held[0] is not None or notice_id is None):
+                    continue  # already known, with a notice if one was ever given
+                conn.execute(
+                    "INSERT INTO delivered (message_id, recipient, notice_id, expires_ms)"
+                    " VALUES (?, ?, ?, ?) ON CONFLICT (message_id) DO UPDATE SET"
+                    " notice_id = excluded.notice_id",
+                    (mid, rkey, notice_id, expires),
+                )
+                recorded.append(mid)
+        return recorded
+
+    @_db
+    def notices_for(self, message_ids: Iterable[bytes]) -> list[bytes]:
+        """The distinct notices held that cover any of these ids."""
+        out: dict[int, bytes] = {}
+        conn = self._c()
+        for mid in _id_list(message_ids):
+            row = conn.execute(
+                "SELECT n.id, n.data FROM delivered d JOIN notices n ON n.id = d.notice_id"
+                " WHERE d.message_id = ?",
+                (mid,),
+            ).fetchone()
+            if row is not None:
+                out.setdefault(int(row[0]), bytes(row[1]))
+        return list(out.values())
+
+    @_db
+    def is_delivered(self, message_id: bytes) -> bool:
+        row = (
+            self._c()
+            .execute("SELECT 1 FROM delivered WHERE message_id = ?", (_check_id(message_id),))
+            .fetchone()
+        )
+        return row is not None
+
+    @_db
+    def purge_relay(self, now_ms: int) -> int:
+        """Drop held envelopes that expired, and delivery records past their use."""
+        _check_ms(now_ms, "now_ms")
+        with self._write() as conn:
+            cur = conn.execute("DELETE FROM relay WHERE expires_ms <= ?", (now_ms,))
+            dropped = cur.rowcount
+            conn.execute("DELETE FROM delivered WHERE expires_ms <= ?", (now_ms - SEEN_GRACE_MS,))
+            conn.execute("DELETE FROM notices WHERE expires_ms <= ?", (now_ms - SEEN_GRACE_MS,))
+            return dropped
+
