@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from p2pdm import __version__
 from p2pdm.envelope import MAX_TEXT_LEN, MessageKind
 from p2pdm.httpapi import ApiError, Request, Response, Router, StreamResponse, json_response
-from p2pdm.store import StoreError
+from p2pdm.store import OutboxState, StoreError
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -56,11 +56,18 @@ def outbox_json(row: OutboxRow) -> dict[str, Any]:
         "expires": row.expires_ms / 1000,
         "kind": row.kind,
         "text": row.body if isinstance(row.body, str) else None,
-        "state": row.state.value,
+        "state": _state(row),
         "attempts": row.attempts,
         "relayed_to": row.relayed_to,
         "delivered": _ms_to_s(row.delivered_ms),
     }
+
+
+def _state(row: OutboxRow) -> str:
+    """The outbox state as users see it: a message only relays hold is "relayed"."""
+    if row.state is OutboxState.SENT and row.relayed_to > 0:
+        return "relayed"
+    return row.state.value
 
 
 def _int_query(request: Request, name: str, lo: int, hi: int) -> int | None:
@@ -114,6 +121,7 @@ class Api:
     async def status(self, request: Request) -> Response:
         node = self.node
         pending = await self._store(node.store.outbox_pending_count, node.now_ms())
+        relay_count, relay_bytes = await self._store(node.store.relay_usage)
         return json_response(
             {
                 "id": str(node.identity.node_id),
@@ -121,7 +129,8 @@ class Api:
                 "listen": [f"{h}:{p}" for h, p in node.bound],
                 "connected": len(node.connected()),
                 "outbox_pending": pending,
-                "relay_stored": 0,
+                "relay_stored": relay_count,
+                "relay_bytes": relay_bytes,
                 "relay": node.config.relay,
                 "mdns": node.config.mdns,
                 "uptime": round(time.time() - node.started_at, 3),
@@ -135,6 +144,8 @@ class Api:
                     "received": node.messages_received,
                     "delivered": node.messages_delivered,
                     "duplicates": node.duplicates_received,
+                    "relay_received": node.relay_received,
+                    "notices_taken": node.notices_taken,
                 },
             }
         )

@@ -42,6 +42,7 @@ from p2pdm.handshake import (
     TransportError,
     UnexpectedPeer,
 )
+from p2pdm.notice import MAX_NOTICE_IDS, DeliveryNotice, NoticeError, parse_notice
 from p2pdm.peerrecord import PeerRecord, PeerRecordError, parse_record, usable_from
 from p2pdm.peertable import PeerTable
 from p2pdm.session import (
@@ -51,6 +52,7 @@ from p2pdm.session import (
     ByeReceived,
     Hello,
     HelloReceived,
+    NoticeReceived,
     PeersReceived,
     PingReceived,
     PongReceived,
@@ -59,7 +61,14 @@ from p2pdm.session import (
     SessionError,
     State,
 )
-from p2pdm.store import AcceptResult, AddressSource, Store, StoreError
+from p2pdm.store import (
+    AcceptResult,
+    AddressSource,
+    RelayQuota,
+    RelayResult,
+    Store,
+    StoreError,
+)
 from p2pdm.transport import (
     AdmissionControl,
     Connection,
@@ -78,7 +87,7 @@ if TYPE_CHECKING:
 
     from p2pdm.discovery.mdns import DialHint, MdnsDiscovery
     from p2pdm.identity import Identity, NodeId
-    from p2pdm.store import OutboxRow
+    from p2pdm.store import OutboxRow, RelayRow
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +128,12 @@ PEX_MIN_GAP = 5.0
 # the interface addresses, at most this many.
 MAX_ADVERTISED = 8
 RECORD_SEQ_KEY = "peer_record_seq"
+# The kind of an Outgoing that is an envelope held for someone else: its
+# real kind is sealed inside.
+RELAYED = -1
+# Delivery notices a peer may send us: per second, and at once.
+NOTICE_RATE = 20.0
+NOTICE_BURST = 64.0
 
 # Events kept for a slow event-stream subscriber before it is dropped.
 SUBSCRIBER_BUFFER = 1024
@@ -185,6 +200,15 @@ class Outgoing:
     def from_row(cls, row: OutboxRow) -> Outgoing:
         return cls(row.message_id, row.recipient, row.envelope, row.kind)
 
+    @classmethod
+    def held(cls, row: RelayRow) -> Outgoing:
+        return cls(row.message_id, row.recipient, row.envelope, RELAYED)
+
+    @property
+    def relayed(self) -> bool:
+        """An envelope we hold for someone else (not from our outbox)."""
+        return self.kind == RELAYED
+
 
 class Op(abc.ABC):
     """One unit of work for the committer, applied inside a transaction."""
@@ -214,6 +238,8 @@ class BatchContext:
     received: int = 0
     delivered: int = 0
     duplicates: int = 0
+    relayed: int = 0
+    notices_back: list[tuple[NodeId, bytes]] = field(default_factory=list)
 
 
 class Committer:
@@ -285,12 +311,15 @@ class Committer:
                 self._node.messages_received += ctx.received
                 self._node.messages_delivered += ctx.delivered
                 self._node.duplicates_received += ctx.duplicates
+                self._node.relay_received += ctx.relayed
                 for op in batch:
                     op.done.set()
                 for name, data in ctx.events:
                     self._node.events.publish(name, data)
                 for out in ctx.outgoing:
                     self._node.offer(out)
+                for peer, notice in ctx.notices_back:
+                    self._node.send_notice(peer, notice)
 
     def _apply(self, batch: list[Op], ctx: BatchContext) -> None:
         store = self._store
@@ -362,12 +391,21 @@ class IncomingPush(Op):
         self.status = AckStatus.REFUSED
         self.reason = ""
         self.message: envelope.Message | None = None
+        self.for_relay: envelope.Outer | None = None
+        """Set when the envelope is for someone else and we may hold it."""
+        self.holding = False
+        """Mail for us that we hold and may say so (not from a blocked sender)."""
 
     def prepare(self, node: Node, now_ms: int) -> None:
         try:
             outer = envelope.parse_outer(self.data)
             if outer.recipient != node.identity.node_id:
-                self.reason = "this node does not carry mail for others yet"
+                if not node.config.relay:
+                    self.reason = "this node does not hold mail for others (relay is off)"
+                elif outer.recipient == self.peer:
+                    self.reason = "mail for the uploader itself"
+                else:
+                    self.for_relay = outer
                 return
             self.message = envelope.open_envelope(
                 node.identity, self.data, now_ms=now_ms, outer=outer
@@ -375,14 +413,45 @@ class IncomingPush(Op):
         except EnvelopeError as exc:
             self.reason = str(exc)
 
+    def _hold(self, outer: envelope.Outer, store: Store, ctx: BatchContext) -> None:
+        """Relay role: keep the envelope for its recipient, within the quota."""
+        verdict = store.accept_relay(
+            outer.message_id,
+            outer.recipient,
+            outer.expires_ms,
+            self.data,
+            self.peer,
+            ctx.now_ms,
+            ctx.node.relay_quota,
+        )
+        if verdict.result is RelayResult.STORED:
+            self.status = AckStatus.STORED
+            ctx.relayed += 1
+            ctx.events.append(("held", {"id": outer.message_id.hex(), "for": str(outer.recipient)}))
+            ctx.outgoing.append(Outgoing(outer.message_id, outer.recipient, self.data, RELAYED))
+        elif verdict.result is RelayResult.DUPLICATE:
+            self.status = AckStatus.DUPLICATE
+        elif verdict.result is RelayResult.DELIVERED:
+            # Taken as a duplicate: the uploader may drop its copy once it
+            # sees the recipient's notice, which goes back with the ACK.
+            self.status = AckStatus.DUPLICATE
+            if verdict.notice is not None:
+                ctx.notices_back.append((self.peer, verdict.notice))
+        else:
+            self.reason = verdict.reason
+
     def apply(self, store: Store, ctx: BatchContext) -> None:
         node = ctx.node
+        if self.for_relay is not None:
+            self._hold(self.for_relay, store, ctx)
+            return
         msg = self.message
         if msg is None:
             return  # refused in prepare(); the reason is set
         result = store.accept_incoming(msg, self.data, ctx.now_ms)
         if result is AcceptResult.STORED:
             self.status = AckStatus.STORED
+            self.holding = True
             if msg.kind == MessageKind.RECEIPT:
                 ids = _receipt_ids(msg.body)
                 changed = store.mark_delivered(ids, ctx.now_ms, recipient=msg.sender)
@@ -396,9 +465,11 @@ class IncomingPush(Op):
         elif result is AcceptResult.DUPLICATE:
             self.status = AckStatus.DUPLICATE
             ctx.duplicates += 1
-            if msg.kind != MessageKind.RECEIPT and not store.is_blocked(msg.sender):
-                # Our first receipt may have been lost: send another.
-                ctx.receipts.setdefault(msg.sender, []).append(msg.message_id)
+            if not store.is_blocked(msg.sender):
+                self.holding = True
+                if msg.kind != MessageKind.RECEIPT:
+                    # Our first receipt may have been lost: send another.
+                    ctx.receipts.setdefault(msg.sender, []).append(msg.message_id)
         elif result is AcceptResult.BLOCKED:
             # Taken and dropped: the sender is not told it is blocked, and
             # gets no receipt, so it stops pushing but never sees "delivered".
@@ -412,26 +483,40 @@ class IncomingPush(Op):
 class AckOutcome(Op):
     """A peer acknowledged (or refused) a run of our pushes."""
 
-    def __init__(self, peer: NodeId, rows: list[Outgoing], status: AckStatus) -> None:
+    def __init__(
+        self, peer: NodeId, rows: list[Outgoing], status: AckStatus, reason: str = ""
+    ) -> None:
         super().__init__()
-        self.peer, self.rows, self.status = peer, rows, status
+        self.peer, self.rows, self.status, self.reason = peer, rows, status, reason
 
     def apply(self, store: Store, ctx: BatchContext) -> None:
+        held = [r for r in self.rows if r.relayed]
+        ours = [r for r in self.rows if not r.relayed]
         if self.status is AckStatus.REFUSED:
-            for row in self.rows:
+            for row in ours:
                 store.note_attempt(row.message_id, ctx.now_ms)
+                ctx.events.append(
+                    (
+                        "refused",
+                        {"id": row.message_id.hex(), "by": str(self.peer), "reason": self.reason},
+                    )
+                )
             return
+        # The recipient itself has what we held for it: our copies are done.
+        arrived = [r.message_id for r in held if r.recipient == self.peer]
+        if arrived:
+            for mid in store.note_delivered(arrived, self.peer, ctx.now_ms):
+                ctx.events.append(("released", {"id": mid.hex(), "to": str(self.peer)}))
+        direct = [r for r in ours if r.recipient == self.peer]
+        for row in ours:
+            if row.recipient != self.peer:
+                store.mark_sent(row.message_id, ctx.now_ms, relay=self.peer)
+                ctx.events.append(("relayed", {"id": row.message_id.hex(), "to": str(self.peer)}))
         # A receipt needs no receipt: its recipient holding it is the end.
-        ends = [
-            r.message_id
-            for r in self.rows
-            if r.kind == MessageKind.RECEIPT and r.recipient == self.peer
-        ]
+        ends = [r.message_id for r in direct if r.kind == MessageKind.RECEIPT]
         if ends:
             store.mark_delivered(ends, ctx.now_ms, recipient=self.peer)
-        store.mark_sent_many(
-            [r.message_id for r in self.rows if r.message_id not in ends], ctx.now_ms
-        )
+        store.mark_sent_many([r.message_id for r in direct if r.message_id not in ends], ctx.now_ms)
 
 
 def _receipt_ids(body: Any) -> list[bytes]:
@@ -466,6 +551,10 @@ class PeerLink:
         )
         self.last_received = trio.current_time()
         self._pex_budget = TokenBucket(1 / PEX_MIN_GAP, 2.0, trio.current_time())
+        self._notice_budget = TokenBucket(NOTICE_RATE, NOTICE_BURST, trio.current_time())
+        # Delivery notices to send this peer; a full queue drops (notices are
+        # an optimisation: copies also expire).
+        self._notices_send, self._notices_recv = trio.open_memory_channel[bytes](64)
         self._pex_news = trio.Event()
         self.opened = trio.Event()
         self.cancel_scope = trio.CancelScope()
@@ -503,7 +592,14 @@ class PeerLink:
             if not await self._guarded(self._send_hello):
                 return
             async with trio.open_nursery() as nursery:
-                for task in (self._reader, self._acker, self._keepalive, self._pusher, self._pex):
+                for task in (
+                    self._reader,
+                    self._acker,
+                    self._keepalive,
+                    self._pusher,
+                    self._pex,
+                    self._notifier,
+                ):
                     nursery.start_soon(self._until_done, task)
 
     async def _send_hello(self) -> None:
@@ -560,7 +656,7 @@ class PeerLink:
                         rows[0].message_id.hex()[:12],
                         event.reason,
                     )
-                outcome = AckOutcome(self.peer, rows, event.status)
+                outcome = AckOutcome(self.peer, rows, event.status, event.reason)
                 for row in rows:
                     self.settling[row.message_id] = outcome
                 await self.node.committer.submit(outcome)
@@ -569,6 +665,13 @@ class PeerLink:
                 await self.conn.send(self.session.pong_frame(event.nonce))
             elif isinstance(event, HelloReceived):
                 self.opened.set()
+            elif isinstance(event, NoticeReceived):
+                if self._notice_budget.take(trio.current_time()):
+                    await self.node.take_notice(self.peer, event.notice)
+                else:
+                    log.info(
+                        "peer %s sends delivery notices too fast; one ignored", self.peer.short()
+                    )
             elif isinstance(event, PeersReceived):
                 if self._pex_budget.take(trio.current_time()):
                     await self.node.take_records(self, event.records)
@@ -595,11 +698,14 @@ class PeerLink:
             await pending[0].done.wait()
             # Consecutive pushes with the same outcome share one ACK.
             runs: list[tuple[int, AckStatus, str, int]] = []
+            arrived: list[bytes] = []  # mail for us that we now hold
             while pending and pending[0].done.is_set():
                 op = pending.popleft()
                 status, reason = op.status, op.reason
                 if op.error is not None:
                     status, reason = AckStatus.REFUSED, op.error
+                elif op.holding and op.message is not None:
+                    arrived.append(op.message.message_id)
                 if runs:
                     first, last_status, last_reason, count = runs[-1]
                     if (status, reason) == (last_status, last_reason) and op.seq == first + count:
@@ -611,6 +717,36 @@ class PeerLink:
             await self.conn.send_many(
                 [self.session.ack_frame(seq, st, why, n) for seq, st, why, n in runs]
             )
+            if arrived and self.peer_relays:
+                self._notify(arrived)
+
+    def _notify(self, message_ids: list[bytes]) -> None:
+        """Tell a relaying peer, in a signed notice, which of its pushes to us we hold.
+
+        It drops its copies and passes the notice on to relays that hold others.
+        """
+        now = self.node.now_ms()
+        for start in range(0, len(message_ids), MAX_NOTICE_IDS):
+            chunk = message_ids[start : start + MAX_NOTICE_IDS]
+            self.send_notice(DeliveryNotice.create(self.node.identity, chunk, now).data)
+
+    def send_notice(self, data: bytes) -> None:
+        try:
+            self._notices_send.send_nowait(data)
+        except trio.WouldBlock:
+            log.debug("notice queue to %s full; one dropped", self.peer.short())
+
+    async def _notifier(self) -> None:
+        await self.opened.wait()
+        async for data in self._notices_recv:
+            if self.session.state is not State.OPEN:
+                return
+            await self.conn.send(self.session.notice_frame(data))
+
+    @property
+    def peer_relays(self) -> bool:
+        """The peer said in its HELLO that it holds mail for others."""
+        return self.session.peer_hello is not None and self.session.peer_hello.relay
 
     async def _pusher(self) -> None:
         await self.opened.wait()
@@ -644,15 +780,25 @@ class PeerLink:
         node = self.node
         self._prune_settled()
         limit = MAX_LINK_QUEUE + len(self.in_flight) + len(self.settling) + len(self.queue)
-        rows = await node.store_call(
-            node.store.pending_for, self.peer, node.now_ms(), limit, RESEND_AFTER_MS
-        )
-        self._reload = len(rows) == limit
-        for row in rows:
+        now = node.now_ms()
+        rows = await node.store_call(node.store.pending_for, self.peer, now, limit, RESEND_AFTER_MS)
+        outgoing = [Outgoing.from_row(r) for r in rows]
+        held = await node.store_call(node.store.relay_for, self.peer, now, limit)
+        outgoing += [Outgoing.held(r) for r in held]
+        if self.peer_relays:
+            # Hand the peer copies of our mail for recipients who are away.
+            copies = node.config.limits.relay_copies
+            handoff = await node.store_call(
+                node.store.outbox_for_relay, self.peer, now, copies, limit
+            )
+            away = node.connected()
+            outgoing += [Outgoing.from_row(r) for r in handoff if r.recipient not in away]
+        self._reload = max(len(rows), len(held)) == limit
+        for out in outgoing:
             # Checked after the await: offer() may have queued some meanwhile.
-            if not self._busy(row.message_id):
-                self.queue.append(Outgoing.from_row(row))
-                self._queued.add(row.message_id)
+            if not self._busy(out.message_id):
+                self.queue.append(out)
+                self._queued.add(out.message_id)
 
     def pex_news(self) -> None:
         """We learned records this peer may not have: pass them on soon."""
@@ -728,6 +874,13 @@ class Node:
         self.bound: list[tuple[str, int]] = []
         self.record: PeerRecord | None = None
         limits = config.limits
+        self.relay_quota = RelayQuota(
+            max_ttl_ms=int(limits.relay_ttl_days * 86_400_000),
+            max_total_bytes=limits.relay_max_bytes,
+            max_peer_bytes=limits.relay_peer_bytes,
+        )
+        self.relay_received = 0
+        self.notices_taken = 0
         self.peer_table = PeerTable(
             rate=limits.discovery_dial_rate, burst=limits.discovery_dial_burst
         )
@@ -745,9 +898,54 @@ class Node:
             return await trio.to_thread.run_sync(fn, *args)
 
     def offer(self, out: Outgoing) -> None:
+        """A message was committed: push it to its recipient, or hand it to relays."""
         link = self.links.get(out.recipient)
-        if link is not None:
+        if link is not None and link.opened.is_set():
             link.offer(out)
+            return
+        if out.relayed:
+            return  # held for its recipient until it connects (or a relay asks)
+        relays = [
+            other
+            for other in self.links.values()
+            if other.opened.is_set() and other.peer_relays and other.peer != out.recipient
+        ]
+        for other in relays[: self.config.limits.relay_copies]:
+            other.offer(out)
+
+    def send_notice(self, peer: NodeId, data: bytes) -> None:
+        link = self.links.get(peer)
+        if link is not None:
+            link.send_notice(data)
+
+    async def take_notice(self, peer: NodeId, data: bytes) -> None:
+        """A delivery notice from a peer: drop the copies it covers, keep it to pass on."""
+        try:
+            notice = await trio.to_thread.run_sync(parse_notice, data)
+        except NoticeError as exc:
+            log.info("refused a delivery notice from %s: %s", peer.short(), exc)
+            return
+        now = self.now_ms()
+
+        def apply(store: Store) -> tuple[list[bytes], list[bytes]]:
+            with store.transaction():
+                recorded = store.note_delivered(
+                    notice.message_ids, notice.recipient, now, notice.data
+                )
+                # Our own mail among them: the recipient's signature says it
+                # arrived, as a receipt would.
+                ours = store.mark_delivered(recorded, now, recipient=notice.recipient)
+            return recorded, ours
+
+        recorded, ours = await self.store_call(apply, self.store)
+        if recorded:
+            self.notices_taken += 1
+            log.debug("notice from %s: %d copies done", peer.short(), len(recorded))
+        for mid in recorded:
+            self.events.publish("released", {"id": mid.hex(), "to": str(notice.recipient)})
+        self.messages_delivered += len(ours)
+        for mid in ours:
+            self.events.publish("delivered", {"id": mid.hex(), "by": str(notice.recipient)})
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -1020,6 +1218,7 @@ class Node:
             self._dial_wake = trio.Event()
             now_ms = self.now_ms()
             mail = await self.store_call(self.store.pending_recipients, now_ms)
+            mail += await self.store_call(self.store.relay_recipients, now_ms)
             contacts = await self.store_call(self.store.contacts)
             now = trio.current_time()
             for peer in self.peer_table.plan(
@@ -1074,6 +1273,7 @@ class Node:
             now = self.now_ms()
             expired = await self.store_call(self.store.expire_outbox, now)
             purged = await self.store_call(self.store.purge_expired, now)
+            purged += await self.store_call(self.store.purge_relay, now)
             if expired or purged:
                 log.info(
                     "housekeeping: %d outbox messages expired, %d ids forgotten", expired, purged

@@ -84,7 +84,8 @@ def parse_notice(data: bytes) -> DeliveryNotice:
         raise NoticeError(f"malformed delivery notice: {exc}") from None
     if not isinstance(ids, list) or not 0 < len(ids) <= MAX_NOTICE_IDS:
         raise NoticeError(f"notice.ids must list 1 to {MAX_NOTICE_IDS} message ids")
-    if any(not isinstance(i, bytes) or len(i) != MESSAGE_ID_LEN for i in ids):
+    message_ids = tuple(i for i in ids if isinstance(i, bytes) and len(i) == MESSAGE_ID_LEN)
+    if len(message_ids) != len(ids):
         raise NoticeError(f"notice.ids holds {MESSAGE_ID_LEN}-byte message ids")
     try:
         recipient = NodeId(key)
@@ -93,4 +94,4 @@ def parse_notice(data: bytes) -> DeliveryNotice:
         raise NoticeError("notice signature does not verify") from None
     except ValueError as exc:
         raise NoticeError(f"notice signer: {exc}") from None
-    return DeliveryNotice(recipient, tuple(bytes(i) for i in ids), ts, bytes(data))
+    return DeliveryNotice(recipient, message_ids, ts, bytes(data))

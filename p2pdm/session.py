@@ -52,6 +52,8 @@ MAX_SEQ = (1 << 63) - 1
 # Peer exchange: records per PEERS frame, and the size of one record.
 MAX_PEER_RECORDS = 32
 MAX_PEER_RECORD_SIZE = 1024
+# A delivery notice (p2pdm.notice) lists at most 256 ids: well under this.
+MAX_NOTICE_SIZE = 16 * 1024
 
 
 class FrameType(IntEnum):
@@ -69,6 +71,8 @@ class FrameType(IntEnum):
     """Orderly close, with a reason a person can read."""
     PEERS = 7
     """Peer exchange: signed records of where nodes can be reached."""
+    NOTICE = 9
+    """A recipient's signed delivery notice, passed on unchanged."""
 
 
 class AckStatus(IntEnum):
@@ -155,6 +159,12 @@ class PeersReceived:
     """Unverified: the caller checks each record's signature."""
 
 
+@dataclass(frozen=True)
+class NoticeReceived:
+    notice: bytes
+    """Unverified: the caller checks the signature (p2pdm.notice)."""
+
+
 Event = (
     HelloReceived
     | PushReceived
@@ -163,6 +173,7 @@ Event = (
     | PongReceived
     | ByeReceived
     | PeersReceived
+    | NoticeReceived
 )
 
 
@@ -272,6 +283,13 @@ class Session:
         recs: list[wire.Value] = list(records)
         return wire.encode({"t": FrameType.PEERS, "recs": recs})
 
+    def notice_frame(self, notice: bytes) -> bytes:
+        """Pass on one delivery notice (the bytes as signed)."""
+        self._require_open()
+        if not 0 < len(notice) <= MAX_NOTICE_SIZE:
+            raise SessionUsageError(f"a notice is 1 to {MAX_NOTICE_SIZE} bytes")
+        return wire.encode({"t": FrameType.NOTICE, "notice": notice})
+
     def bye_frame(self, reason: str) -> bytes:
         """The last frame: say why, then close. Valid in any state."""
         self.state = State.CLOSED
@@ -323,6 +341,12 @@ class Session:
             return PingReceived(nonce) if kind == FrameType.PING else PongReceived(nonce)
         if kind == FrameType.PEERS:
             return self._got_peers(doc)
+        if kind == FrameType.NOTICE:
+            fields = wire.as_map(doc, "NOTICE", required={"t", "notice"})
+            notice = wire.field_bytes(fields, "notice", "NOTICE", max_size=MAX_NOTICE_SIZE)
+            if not notice:
+                raise SessionError("NOTICE.notice is empty")
+            return NoticeReceived(notice)
         if kind == FrameType.HELLO:
             raise SessionError("HELLO sent twice")
         raise SessionError(f"unknown frame type {kind}")

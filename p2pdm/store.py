@@ -1707,6 +1707,26 @@ class Store:
         return RelayVerdict(RelayResult.STORED)
 
     @_db
+    def outbox_for_relay(
+        self, relay: NodeId, now_ms: int, copies: int, limit: int | None = None
+    ) -> list[OutboxRow]:
+        """Our pending messages to hand to `relay`: fewer than `copies` relays hold them,
+        this one does not, and it is not their recipient. Oldest first."""
+        rkey = _check_node(relay)
+        sql = (
+            f"SELECT {_OUTBOX_COLUMNS} FROM outbox o"
+            f" WHERE {_PENDING} AND expires_ms > ? AND relayed_to < ? AND recipient != ?"
+            " AND NOT EXISTS (SELECT 1 FROM outbox_relays r"
+            "  WHERE r.message_id = o.message_id AND r.relay = ?)"
+            " ORDER BY seq"
+        )
+        args: list[object] = [_check_ms(now_ms, "now_ms"), self._check_limit(copies), rkey, rkey]
+        if limit is not None:
+            sql += " LIMIT ?"
+            args.append(self._check_limit(limit))
+        return [self._outbox_row(r) for r in self._c().execute(sql, args)]
+
+    @_db
     def relay_usage(self, uploader: NodeId | None = None) -> tuple[int, int]:
         """(envelopes, bytes) held for everyone, or uploaded by one peer."""
         key = _TOTAL if uploader is None else _check_node(uploader)
@@ -1718,9 +1738,7 @@ class Store:
         return (0, 0) if row is None else (int(row[0]), int(row[1]))
 
     @_db
-    def relay_for(
-        self, recipient: NodeId, now_ms: int, limit: int | None = None
-    ) -> list[RelayRow]:
+    def relay_for(self, recipient: NodeId, now_ms: int, limit: int | None = None) -> list[RelayRow]:
         """Held envelopes for `recipient`, unexpired, oldest first."""
         sql = (
             f"SELECT {_RELAY_COLUMNS} FROM relay WHERE recipient = ? AND expires_ms > ?"
@@ -1773,8 +1791,9 @@ class Store:
     ) -> list[bytes]:
         """`recipient` has these messages: drop held copies addressed to it, remember why.
 
-        Only ids held for `recipient` (in the relay table or our own outbox)
-        are touched, so a notice signed by anyone else deletes nothing. The
+        Only ids held for `recipient` (in the relay table or our own outbox,
+        or already known delivered to it) are touched, so a notice signed by
+        anyone else deletes nothing. The
         notice, when given, is kept until the last id it covers expires, to
         pass on. Returns the ids recorded.
         """
@@ -1788,8 +1807,10 @@ class Store:
                 row = conn.execute(
                     "SELECT expires_ms FROM relay WHERE message_id = ? AND recipient = ?"
                     " UNION ALL SELECT expires_ms FROM outbox"
+                    " WHERE message_id = ? AND recipient = ?"
+                    " UNION ALL SELECT expires_ms FROM delivered"
                     " WHERE message_id = ? AND recipient = ?",
-                    (mid, rkey, mid, rkey),
+                    (mid, rkey, mid, rkey, mid, rkey),
                 ).fetchone()
                 if row is not None:
                     expiries[mid] = int(row[0])
@@ -1852,4 +1873,3 @@ class Store:
             conn.execute("DELETE FROM delivered WHERE expires_ms <= ?", (now_ms - SEEN_GRACE_MS,))
             conn.execute("DELETE FROM notices WHERE expires_ms <= ?", (now_ms - SEEN_GRACE_MS,))
             return dropped
-

@@ -62,6 +62,14 @@ class TransportLimits:
     """Dials per second to peers wanted only because discovery named them..."""
     discovery_dial_burst: float = 8.0
     """...after a burst of this many: a flood of fake announcements costs this much."""
+    relay_ttl_days: float = 7.0
+    """A relay refuses envelopes that expire further ahead than this."""
+    relay_max_bytes: int = 256 << 20
+    """Envelope bytes a relay holds for others, in all; when full it refuses."""
+    relay_peer_bytes: int = 32 << 20
+    """Envelope bytes a relay holds from one uploading peer (a fair share)."""
+    relay_copies: int = 3
+    """Relays a sender hands each message to while its recipient is away."""
 
 
 def limits_with(

@@ -133,27 +133,38 @@ class NodeProcess:
         result: dict[str, Any] = self.api.get("/v1/status")
         return result
 
-    def wait_peers(
-        self, check: Callable[[list[dict[str, Any]]], bool], timeout: float = DEADLINE
-    ) -> list[dict[str, Any]]:
-        """Return `p2pdm peers` once `check` holds for it; looks again on every event.
+    def wait_until(self, check: Callable[[], bool], timeout: float = DEADLINE) -> None:
+        """Return once `check()` holds; looks again on every event from the node.
 
-        Addresses learned by peer exchange raise no event, so it also looks
-        again after a second without one.
+        Some changes raise no event (addresses learned by peer exchange), so
+        it also looks again after a second without one.
         """
         events = self.api.events("/v1/events")
         try:
             deadline = time.monotonic() + timeout
-            while True:
-                peers: list[dict[str, Any]] = self.api.get("/v1/peers")["peers"]
-                if check(peers):
-                    return peers
+            while not check():
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise TimeoutError(f"peers never matched; last seen: {peers}")
+                    raise TimeoutError(f"condition not met in {timeout} s")
                 events.next(timeout=min(left, 1.0))
         finally:
             events.close()
+
+    def wait_peers(
+        self, check: Callable[[list[dict[str, Any]]], bool], timeout: float = DEADLINE
+    ) -> list[dict[str, Any]]:
+        """Return `p2pdm peers` once `check` holds for it."""
+        seen: list[list[dict[str, Any]]] = [[]]
+
+        def peers_pass() -> bool:
+            seen[0] = self.api.get("/v1/peers")["peers"]
+            return check(seen[0])
+
+        try:
+            self.wait_until(peers_pass, timeout)
+        except TimeoutError:
+            raise TimeoutError(f"peers never matched; last seen: {seen[0]}") from None
+        return seen[0]
 
     def wait_connected(self, peer: str, timeout: float = DEADLINE) -> None:
         """Return once `peer` is connected."""
