@@ -7,6 +7,9 @@ import sys
 import time
 from typing import TYPE_CHECKING
 
+from p2pdm.identity import NodeId
+from p2pdm.store import Store
+
 from .nodeproc import DEADLINE, NodeProcess, cli, init_home, json_lines
 
 if TYPE_CHECKING:
@@ -81,3 +84,54 @@ def test_receiver_killed_mid_stream_loses_and_doubles_nothing(tmp_path: Path) ->
         b.close()
         if b2 is not None:
             b2.close()
+
+
+def test_relay_killed_while_receiving_loses_nothing_it_acknowledged(tmp_path: Path) -> None:
+    init_home(tmp_path / "a")
+    b_id = init_home(tmp_path / "b")  # b never runs: everything goes to the relay
+    init_home(tmp_path / "r")
+    r = NodeProcess(tmp_path / "r").start()
+    a = NodeProcess(tmp_path / "a", "--bootstrap", r.address)
+    r2 = None
+    try:
+        a.start()
+        r_address = r.address
+        with r.api.events("/v1/events") as r_events:
+            a.wait_connected(r.status()["id"])
+            for start in range(0, TOTAL, 500):
+                a.api.post(
+                    "/v1/messages",
+                    {"to": b_id, "texts": [f"held {i:05d}" for i in range(start, start + 500)]},
+                )
+            # Kill r once it holds some: the handoff of 2,000 is still going.
+            held = 0
+            deadline = time.monotonic() + DEADLINE
+            while held < 20:
+                event = r_events.next(timeout=max(0.1, deadline - time.monotonic()))
+                assert time.monotonic() < deadline, "r held too little"
+                if event is not None and event[0] == "held":
+                    held += 1
+        r.kill()
+
+        # What a recorded as taken by r (r acknowledged it after committing)...
+        out = json_lines(cli(a.home, "outbox", "--json").stdout)
+        acked = {m["id"] for m in out if m["relayed_to"] > 0}
+        assert 0 < len(acked) < TOTAL, "the kill was not mid-stream"
+        # ...is all in r's store, which is intact.
+        with Store.open(tmp_path / "r" / "store.db") as store:
+            assert store.integrity_check() == []
+            stored = {row.message_id.hex() for row in store.relay_for(NodeId.parse(b_id), 0)}
+        assert acked <= stored
+
+        # r restarts at the same address; a hands it the rest, each once.
+        r2 = NodeProcess(tmp_path / "r", listen=r_address).start()
+        r2.wait_until(lambda: r2.status()["relay_stored"] == TOTAL)
+        assert r2.stop() == 0
+        with Store.open(tmp_path / "r" / "store.db") as store:
+            rows = store.relay_for(NodeId.parse(b_id), 0)
+        assert sorted(row.message_id.hex() for row in rows) == sorted(m["id"] for m in out)
+    finally:
+        a.close()
+        r.close()
+        if r2 is not None:
+            r2.close()
