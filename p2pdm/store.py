@@ -1077,13 +1077,16 @@ class Store:
         relay_key = None if relay is None else _check_node(relay)
         with self._write() as conn:
             changed = self._advance(conn, [message_id], OutboxState.SENT, now_ms)
-            # A hop took it now: that is the latest attempt, for retry_after_ms.
-            conn.execute(
-                "UPDATE outbox SET last_attempt_ms = max(coalesce(last_attempt_ms, 0), ?)"
-                f" WHERE message_id = ? AND {_PENDING}",
-                (now_ms, message_id),
-            )
-            if relay_key is not None:
+            if relay_key is None:
+                # The recipient took it now: that is the latest attempt, for
+                # retry_after_ms. A relay taking a copy is not: the message
+                # still goes straight to its recipient when it connects.
+                conn.execute(
+                    "UPDATE outbox SET last_attempt_ms = max(coalesce(last_attempt_ms, 0), ?)"
+                    f" WHERE message_id = ? AND {_PENDING}",
+                    (now_ms, message_id),
+                )
+            else:
                 cur = conn.execute(
                     "INSERT INTO outbox_relays (message_id, relay, acked_ms)"
                     f" SELECT message_id, ?, ? FROM outbox WHERE message_id = ? AND {_PENDING}"

@@ -283,10 +283,13 @@ def test_attempts_retry_and_relays(db: Store, alice: Identity, bob: Identity) ->
     assert not db.mark_sent(mid, NOW + 2002, relay=relay2)
     row = db.outbox_message(mid)
     assert row is not None
-    assert (row.attempts, row.last_attempt_ms, row.relayed_to) == (1, NOW + 2002, 2)
+    assert (row.attempts, row.last_attempt_ms, row.relayed_to) == (1, NOW, 2)
     assert db.relays_for(mid) == [relay1, relay2]
-    # A hop's acknowledgement also counts as the latest attempt.
-    assert db.pending_for(bob.node_id, NOW + 2500, retry_after_ms=1000) == []
+    # Relays holding copies do not hold back a push straight to the recipient...
+    assert len(db.pending_for(bob.node_id, NOW + 2500, retry_after_ms=1000)) == 1
+    # ...but the recipient's own acknowledgement counts as the latest attempt.
+    assert not db.mark_sent(mid, NOW + 3000)
+    assert db.pending_for(bob.node_id, NOW + 3500, retry_after_ms=1000) == []
 
 
 # --- contacts and resolve_peer ----------------------------------------------
