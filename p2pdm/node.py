@@ -134,6 +134,8 @@ RELAYED = -1
 # Delivery notices a peer may send us: per second, and at once.
 NOTICE_RATE = 20.0
 NOTICE_BURST = 64.0
+# How long our notices wait to gather more ids (they only save peers space).
+NOTICE_DELAY = 1.0
 
 # Events kept for a slow event-stream subscriber before it is dropped.
 SUBSCRIBER_BUFFER = 1024
@@ -555,6 +557,8 @@ class PeerLink:
         # Delivery notices to send this peer; a full queue drops (notices are
         # an optimisation: copies also expire).
         self._notices_send, self._notices_recv = trio.open_memory_channel[bytes](64)
+        self._notice_ids: list[bytes] = []  # to tell the peer we hold, soon
+        self._notice_due = trio.Event()
         self._pex_news = trio.Event()
         self.opened = trio.Event()
         self.cancel_scope = trio.CancelScope()
@@ -721,14 +725,15 @@ class PeerLink:
                 self._notify(arrived)
 
     def _notify(self, message_ids: list[bytes]) -> None:
-        """Tell a relaying peer, in a signed notice, which of its pushes to us we hold.
+        """Note mail for us from a relaying peer, to tell it in a signed notice soon.
 
-        It drops its copies and passes the notice on to relays that hold others.
+        It drops its copies and passes the notice on to relays that hold
+        others. Notices wait up to NOTICE_DELAY to cover many messages: one
+        signature and one write at the peer for a batch, not one each.
         """
-        now = self.node.now_ms()
-        for start in range(0, len(message_ids), MAX_NOTICE_IDS):
-            chunk = message_ids[start : start + MAX_NOTICE_IDS]
-            self.send_notice(DeliveryNotice.create(self.node.identity, chunk, now).data)
+        if len(self._notice_ids) < MAX_NOTICE_IDS * 64:
+            self._notice_ids.extend(message_ids)
+            self._notice_due.set()
 
     def send_notice(self, data: bytes) -> None:
         try:
@@ -738,10 +743,23 @@ class PeerLink:
 
     async def _notifier(self) -> None:
         await self.opened.wait()
-        async for data in self._notices_recv:
-            if self.session.state is not State.OPEN:
-                return
-            await self.conn.send(self.session.notice_frame(data))
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._sign_notices)
+            async for data in self._notices_recv:
+                if self.session.state is not State.OPEN:
+                    return
+                await self.conn.send(self.session.notice_frame(data))
+
+    async def _sign_notices(self) -> None:
+        while True:
+            await self._notice_due.wait()
+            await trio.sleep(NOTICE_DELAY)
+            self._notice_due = trio.Event()
+            ids, self._notice_ids = self._notice_ids, []
+            now = self.node.now_ms()
+            for start in range(0, len(ids), MAX_NOTICE_IDS):
+                chunk = ids[start : start + MAX_NOTICE_IDS]
+                self.send_notice(DeliveryNotice.create(self.node.identity, chunk, now).data)
 
     @property
     def peer_relays(self) -> bool:
