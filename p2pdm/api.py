@@ -146,6 +146,9 @@ class Api:
                     "duplicates": node.duplicates_received,
                     "relay_received": node.relay_received,
                     "notices_taken": node.notices_taken,
+                    "reconciliations": node.reconciliations,
+                    "reconcile_rounds": node.recon_rounds,
+                    "reconcile_bytes": node.recon_bytes,
                 },
             }
         )

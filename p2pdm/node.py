@@ -45,6 +45,7 @@ from p2pdm.handshake import (
 from p2pdm.notice import MAX_NOTICE_IDS, DeliveryNotice, NoticeError, parse_notice
 from p2pdm.peerrecord import PeerRecord, PeerRecordError, parse_record, usable_from
 from p2pdm.peertable import PeerTable
+from p2pdm.reconcile import ReconcileError, Reconciler, is_start
 from p2pdm.session import (
     DEFAULT_WINDOW,
     AckReceived,
@@ -57,6 +58,7 @@ from p2pdm.session import (
     PingReceived,
     PongReceived,
     PushReceived,
+    ReconReceived,
     Session,
     SessionError,
     State,
@@ -136,6 +138,12 @@ NOTICE_RATE = 20.0
 NOTICE_BURST = 64.0
 # How long our notices wait to gather more ids (they only save peers space).
 NOTICE_DELAY = 1.0
+# Relay-to-relay reconciliation: the dialling side runs one at link open,
+# then again when its held set changed (at most every MIN_GAP), and every
+# INTERVAL regardless. A round that takes longer than TIMEOUT ends the link.
+RECONCILE_MIN_GAP = 5.0
+RECONCILE_INTERVAL = 600.0
+RECONCILE_TIMEOUT = 60.0
 
 # Events kept for a slow event-stream subscriber before it is dropped.
 SUBSCRIBER_BUFFER = 1024
@@ -241,6 +249,7 @@ class BatchContext:
     delivered: int = 0
     duplicates: int = 0
     relayed: int = 0
+    released: int = 0
     notices_back: list[tuple[NodeId, bytes]] = field(default_factory=list)
 
 
@@ -314,6 +323,8 @@ class Committer:
                 self._node.messages_delivered += ctx.delivered
                 self._node.duplicates_received += ctx.duplicates
                 self._node.relay_received += ctx.relayed
+                if ctx.relayed or ctx.released:
+                    self._node.note_relay_change()
                 for op in batch:
                     op.done.set()
                 for name, data in ctx.events:
@@ -508,6 +519,7 @@ class AckOutcome(Op):
         arrived = [r.message_id for r in held if r.recipient == self.peer]
         if arrived:
             for mid in store.note_delivered(arrived, self.peer, ctx.now_ms):
+                ctx.released += 1
                 ctx.events.append(("released", {"id": mid.hex(), "to": str(self.peer)}))
         direct = [r for r in ours if r.recipient == self.peer]
         for row in ours:
@@ -558,6 +570,10 @@ class PeerLink:
         # an optimisation: copies also expire).
         self._notices_send, self._notices_recv = trio.open_memory_channel[bytes](64)
         self._notice_ids: list[bytes] = []  # to tell the peer we hold, soon
+        self._to_give: deque[bytes] = deque()  # ids the peer lacks, to push
+        # Reconciliation messages from the peer; one is answered before the
+        # next is sent, so a few buffered mean a peer ignoring the protocol.
+        self._recon_send, self._recon_recv = trio.open_memory_channel[wire.Value](4)
         self._notice_due = trio.Event()
         self._pex_news = trio.Event()
         self.opened = trio.Event()
@@ -603,6 +619,7 @@ class PeerLink:
                     self._pusher,
                     self._pex,
                     self._notifier,
+                    self._reconcile,
                 ):
                     nursery.start_soon(self._until_done, task)
 
@@ -620,7 +637,7 @@ class PeerLink:
             await task()
         except (ConnectionClosed, TransportError) as exc:
             self.close_reason = self.close_reason or str(exc)
-        except SessionError as exc:
+        except (SessionError, ReconcileError) as exc:
             self.close_reason = self.close_reason or f"protocol error: {exc}"
             await self.say_bye(str(exc))
         else:
@@ -669,6 +686,11 @@ class PeerLink:
                 await self.conn.send(self.session.pong_frame(event.nonce))
             elif isinstance(event, HelloReceived):
                 self.opened.set()
+            elif isinstance(event, ReconReceived):
+                try:
+                    self._recon_send.send_nowait(event.message)
+                except trio.WouldBlock:
+                    raise SessionError("reconciliation messages sent without waiting") from None
             elif isinstance(event, NoticeReceived):
                 if self._notice_budget.take(trio.current_time()):
                     await self.node.take_notice(self.peer, event.notice)
@@ -761,6 +783,71 @@ class PeerLink:
                 chunk = ids[start : start + MAX_NOTICE_IDS]
                 self.send_notice(DeliveryNotice.create(self.node.identity, chunk, now).data)
 
+    async def _reconcile(self) -> None:
+        """Relay to relay: find which held envelopes each lacks, and push ours over."""
+        await self.opened.wait()
+        if not (self.node.config.relay and self.peer_relays):
+            await trio.sleep_forever()  # ending would end the link
+        if self.conn.initiator:
+            await self._reconcile_as_initiator()
+        else:
+            await self._reconcile_as_responder()
+
+    async def _reconcile_as_initiator(self) -> None:
+        node = self.node
+        while True:
+            generation = node.relay_generation
+            ids = await node.store_call(node.store.relay_ids, node.now_ms())
+            recon = Reconciler(ids, initiator=True)
+            with trio.move_on_after(RECONCILE_TIMEOUT) as scope:
+                await self.conn.send(self.session.recon_frame(recon.initiate()))
+                while not recon.done:
+                    reply = recon.receive(await self._recon_recv.receive())
+                    if reply is not None:
+                        await self.conn.send(self.session.recon_frame(reply))
+                    await self._reconciled(recon)
+            if scope.cancelled_caught:
+                self.close_reason = f"reconciliation took over {RECONCILE_TIMEOUT:g} s"
+                return
+            node.reconciliations += 1
+            node.recon_bytes += recon.bytes_sent + recon.bytes_received
+            node.recon_rounds += recon.rounds
+            await trio.sleep(RECONCILE_MIN_GAP)
+            with trio.move_on_after(RECONCILE_INTERVAL - RECONCILE_MIN_GAP):
+                while node.relay_generation == generation:
+                    await node.relay_changed.wait()
+
+    async def _reconcile_as_responder(self) -> None:
+        node = self.node
+        recon: Reconciler | None = None
+        async for message in self._recon_recv:
+            if recon is None or is_start(message):
+                ids = await node.store_call(node.store.relay_ids, node.now_ms())
+                recon = Reconciler(ids, initiator=False)
+            reply = recon.receive(message)
+            if reply is not None:
+                await self.conn.send(self.session.recon_frame(reply))
+            await self._reconciled(recon)
+
+    async def _reconciled(self, recon: Reconciler) -> None:
+        """Push what the peer lacks; tell it which of its extras are already delivered."""
+        node = self.node
+        give, need = recon.pop_give(), recon.pop_need()
+        if give:
+            # Loaded in chunks by the pusher: the peer may lack our whole store.
+            self._to_give.extend(sorted(give))
+            self.poke()
+        if need:
+            for data in await node.store_call(node.store.notices_for, sorted(need)):
+                self.send_notice(data)
+        if give or need:
+            log.info(
+                "reconciled with %s: giving %d, they hold %d we lack",
+                self.peer.short(),
+                len(give),
+                len(need),
+            )
+
     @property
     def peer_relays(self) -> bool:
         """The peer said in its HELLO that it holds mail for others."""
@@ -772,8 +859,11 @@ class PeerLink:
             self._wake = trio.Event()
             if len(self.settling) > 2 * self.node.config.window:
                 self._prune_settled()  # keeps it near one window, whatever the traffic
-            if self.session.send_window_free > 0 and not self.queue and self._reload:
-                await self._load()
+            if self.session.send_window_free > 0 and not self.queue:
+                if self._reload:
+                    await self._load()
+                elif self._to_give:
+                    await self._load_gives()
             frames = []
             while self.queue and self.session.can_push(self.queue[0].envelope):
                 out = self.queue.popleft()
@@ -817,6 +907,15 @@ class PeerLink:
             if not self._busy(out.message_id):
                 self.queue.append(out)
                 self._queued.add(out.message_id)
+
+    async def _load_gives(self) -> None:
+        """Queue the next chunk of envelopes reconciliation found the peer lacks."""
+        chunk = [self._to_give.popleft() for _ in range(min(MAX_LINK_QUEUE, len(self._to_give)))]
+        rows = await self.node.store_call(self.node.store.relay_rows, chunk)
+        for row in rows:  # those dropped meanwhile are left out
+            if not self._busy(row.message_id):
+                self.queue.append(Outgoing.held(row))
+                self._queued.add(row.message_id)
 
     def pex_news(self) -> None:
         """We learned records this peer may not have: pass them on soon."""
@@ -899,6 +998,12 @@ class Node:
         )
         self.relay_received = 0
         self.notices_taken = 0
+        # Bumped when the set of envelopes we hold for others changes.
+        self.relay_generation = 0
+        self.reconciliations = 0
+        self.recon_bytes = 0
+        self.recon_rounds = 0
+        self.relay_changed = trio.Event()
         self.peer_table = PeerTable(
             rate=limits.discovery_dial_rate, burst=limits.discovery_dial_burst
         )
@@ -964,6 +1069,14 @@ class Node:
         self.messages_delivered += len(ours)
         for mid in ours:
             self.events.publish("delivered", {"id": mid.hex(), "by": str(notice.recipient)})
+        if recorded:
+            self.note_relay_change()
+
+    def note_relay_change(self) -> None:
+        """The set of envelopes we hold for others changed: reconcile again soon."""
+        self.relay_generation += 1
+        self.relay_changed.set()
+        self.relay_changed = trio.Event()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:

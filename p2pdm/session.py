@@ -71,6 +71,8 @@ class FrameType(IntEnum):
     """Orderly close, with a reason a person can read."""
     PEERS = 7
     """Peer exchange: signed records of where nodes can be reached."""
+    RECON = 8
+    """One message of relay-to-relay set reconciliation (p2pdm.reconcile)."""
     NOTICE = 9
     """A recipient's signed delivery notice, passed on unchanged."""
 
@@ -160,6 +162,12 @@ class PeersReceived:
 
 
 @dataclass(frozen=True)
+class ReconReceived:
+    message: dict[wire.Key, wire.Value]
+    """Checked only as a map; p2pdm.reconcile parses the rest."""
+
+
+@dataclass(frozen=True)
 class NoticeReceived:
     notice: bytes
     """Unverified: the caller checks the signature (p2pdm.notice)."""
@@ -174,6 +182,7 @@ Event = (
     | ByeReceived
     | PeersReceived
     | NoticeReceived
+    | ReconReceived
 )
 
 
@@ -283,6 +292,14 @@ class Session:
         recs: list[wire.Value] = list(records)
         return wire.encode({"t": FrameType.PEERS, "recs": recs})
 
+    def recon_frame(self, message: wire.Value) -> bytes:
+        """One reconciliation message (the reconciler keeps it under the frame size)."""
+        self._require_open()
+        frame = wire.encode({"t": FrameType.RECON, "m": message})
+        if len(frame) > MAX_FRAME_PLAINTEXT:
+            raise SessionUsageError(f"RECON of {len(frame)} bytes does not fit in one frame")
+        return frame
+
     def notice_frame(self, notice: bytes) -> bytes:
         """Pass on one delivery notice (the bytes as signed)."""
         self._require_open()
@@ -341,6 +358,12 @@ class Session:
             return PingReceived(nonce) if kind == FrameType.PING else PongReceived(nonce)
         if kind == FrameType.PEERS:
             return self._got_peers(doc)
+        if kind == FrameType.RECON:
+            fields = wire.as_map(doc, "RECON", required={"t", "m"})
+            message = fields["m"]
+            if not isinstance(message, dict):
+                raise SessionError("RECON.m must be a map")
+            return ReconReceived(message)
         if kind == FrameType.NOTICE:
             fields = wire.as_map(doc, "NOTICE", required={"t", "notice"})
             notice = wire.field_bytes(fields, "notice", "NOTICE", max_size=MAX_NOTICE_SIZE)

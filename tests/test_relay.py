@@ -209,3 +209,47 @@ async def test_relay_off_refuses_mail_for_others(tmp_path: Path) -> None:
             [row] = a.store.outbox()
             assert (row.state, row.relayed_to) == (OutboxState.QUEUED, 0)
             nursery.cancel_scope.cancel()
+
+
+async def test_two_relays_that_meet_end_up_holding_the_union(tmp_path: Path) -> None:
+    a_home, r1_home, r2_home, b_home, c_home = (
+        Home(tmp_path, n) for n in ("a", "r1", "r2", "b", "c")
+    )
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as nursery:
+            r1 = r1_home.node()
+            r1_events = r1.events.subscribe()
+            await nursery.start(run_until_cancelled, r1)
+            # a uploads to r1 and c to r2, while r1 and r2 are apart.
+            async with trio.open_nursery() as apart:
+                r2 = r2_home.node()
+                await apart.start(run_until_cancelled, r2)
+                a, c = a_home.node(r1.bound[0]), c_home.node(r2.bound[0])
+                a_events, c_events = a.events.subscribe(), c.events.subscribe()
+                await apart.start(run_until_cancelled, a)
+                await apart.start(run_until_cancelled, c)
+                a_ids = await a.send_texts(b_home.id, [f"a{i}" for i in range(30)])
+                c_ids = await c.send_texts(b_home.id, [f"c{i}" for i in range(20)])
+                await until(a_events, *[("relayed", {"id": m.hex()}) for m in a_ids])
+                await until(c_events, *[("relayed", {"id": m.hex()}) for m in c_ids])
+                apart.cancel_scope.cancel()
+
+            # r2 comes back and dials r1: they reconcile, and each pushes the
+            # envelopes the other lacks.
+            r2 = r2_home.node(r1.bound[0])
+            r2_events = r2.events.subscribe()
+            await nursery.start(run_until_cancelled, r2)
+            await until(r1_events, *[("held", {"id": m.hex()}) for m in c_ids])
+            await until(r2_events, *[("held", {"id": m.hex()}) for m in a_ids])
+            everything = sorted(a_ids + c_ids)
+            assert r1.store.relay_ids(r1.now_ms()) == everything
+            assert r2.store.relay_ids(r2.now_ms()) == everything
+            assert r2.reconciliations == 1
+
+            # b, meeting r2 only, gets every message once.
+            b = b_home.node(r2.bound[0])
+            b_events = b.events.subscribe()
+            await nursery.start(run_until_cancelled, b)
+            await until(b_events, *[("message", {"id": m.hex()}) for m in everything])
+            assert sorted(r.message_id for r in b.store.inbox()) == everything
+            nursery.cancel_scope.cancel()

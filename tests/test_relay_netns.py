@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from p2pdm.store import Store
 from tests.labnodes import FAST_DEAD_PEER, Host
 
 if TYPE_CHECKING:
@@ -71,3 +72,66 @@ def test_a_relay_carries_mail_between_peers_never_online_together(
         finally:
             for host in (a, r, b):
                 host.close()
+
+
+def test_mail_crosses_a_chain_of_relays_and_the_notice_comes_back(
+    lab_factory: type[NetnsLab], tmp_path: Path
+) -> None:
+    """A meets only R1, R1 then only R2, R2 then only B; then back the same way."""
+    text = "over two relays"
+    with lab_factory(4) as lab:
+        a, r1, r2, b = (
+            Host(lab, i, tmp_path / n, *FAST_DEAD_PEER)
+            for i, n in enumerate(("a", "r1", "r2", "b"))
+        )
+        try:
+            # A meets R1 only (R2 and B are not up yet).
+            a.start()
+            r1.start()
+            a.wait_connected([r1])
+            assert a.send(b, text, "--wait", "1") == 3
+            [sent] = a.outbox()
+            a.node.wait_until(lambda: outbox_entry(a, sent["id"])["relayed_to"] == 1)
+
+            # R1 meets R2 only (A cut off): reconciliation gives R2 the message.
+            lab.cut(0)
+            r1.wait_disconnected(a)
+            r2.start()
+            r2.node.wait_until(lambda: stored(r2) == 1)
+
+            # R2 meets B only (R1 cut off): B gets it, R2 drops its copy on B's
+            # notice and holds B's receipt for A.
+            lab.cut(1)
+            r2.wait_disconnected(r1)
+            b.start()
+            b.node.wait_until(lambda: any(m["text"] == text for m in b.inbox()))
+            r2.node.wait_until(lambda: notices(r2) >= 1 and stored(r2) == 1)
+
+            # Back the same way. R2 meets R1 (B cut off): R1 learns from B's
+            # notice that its copy is delivered and drops it, and takes the receipt...
+            lab.cut(3)
+            r2.wait_disconnected(b)
+            lab.heal(1)
+            r1.node.wait_until(lambda: notices(r1) >= 1 and stored(r1) == 1)
+            # ...which reaches A when R1 meets A (R2 cut off).
+            lab.cut(2)
+            lab.heal(0)
+            a.node.wait_until(lambda: outbox_entry(a, sent["id"])["state"] == "delivered")
+            r1.node.wait_until(lambda: stored(r1) == 0)
+            for relay in (r1, r2):
+                assert relay.node.stop() == 0
+                with Store.open(relay.home / "store.db") as store:
+                    assert store.is_delivered(bytes.fromhex(sent["id"]))
+                    assert bytes.fromhex(sent["id"]) not in store.relay_ids(0)
+                assert_no_plaintext(relay, text)
+        finally:
+            for host in (a, r1, r2, b):
+                host.close()
+
+
+def stored(host: Host) -> int:
+    return int(host.node.status()["relay_stored"])
+
+
+def notices(host: Host) -> int:
+    return int(host.node.status()["since_start"]["notices_taken"])

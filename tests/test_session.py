@@ -5,6 +5,7 @@ import pytest
 from p2pdm import wire
 from p2pdm.session import (
     DEFAULT_WINDOW_BYTES,
+    MAX_NOTICE_SIZE,
     MAX_PEER_RECORD_SIZE,
     MAX_PEER_RECORDS,
     AckReceived,
@@ -12,10 +13,12 @@ from p2pdm.session import (
     ByeReceived,
     Hello,
     HelloReceived,
+    NoticeReceived,
     PeersReceived,
     PingReceived,
     PongReceived,
     PushReceived,
+    ReconReceived,
     Session,
     SessionError,
     SessionUsageError,
@@ -253,4 +256,32 @@ def test_an_oversized_or_malformed_peers_frame_is_refused(recs: wire.Value) -> N
     _, b = make_pair()
     with pytest.raises(SessionError, match=r"PEERS\.recs"):
         b.receive(wire.encode({"t": 7, "recs": recs}))
+    assert b.state is State.CLOSED
+
+
+def test_notices_and_reconciliation_messages_pass_as_opaque_values() -> None:
+    a, b = make_pair()
+    assert b.receive(a.notice_frame(b"signed")) == NoticeReceived(b"signed")
+    recon = {"fp": b"x", "split": b"", "ids": b"", "want": b""}
+    assert b.receive(a.recon_frame(recon)) == ReconReceived(recon)
+    with pytest.raises(SessionUsageError):
+        a.notice_frame(b"x" * (MAX_NOTICE_SIZE + 1))
+    with pytest.raises(SessionUsageError):
+        a.notice_frame(b"")
+
+
+@pytest.mark.parametrize(
+    ("doc", "why"),
+    [
+        ({"t": 9, "notice": b""}, "empty"),
+        ({"t": 9, "notice": "text"}, "notice"),
+        ({"t": 9, "notice": b"x" * (MAX_NOTICE_SIZE + 1)}, "notice"),
+        ({"t": 8, "m": [b"x"]}, "RECON.m"),
+        ({"t": 8}, "RECON"),
+    ],
+)
+def test_malformed_notice_and_recon_frames_are_refused(doc: wire.Value, why: str) -> None:
+    _, b = make_pair()
+    with pytest.raises(SessionError, match=why):
+        b.receive(wire.encode(doc))
     assert b.state is State.CLOSED
