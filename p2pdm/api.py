@@ -336,7 +336,10 @@ OPENAPI: dict[str, Any] = {
         "/v1/events": {
             "get": _op(
                 "Server-sent events: hello, message (a new inbox message), delivered "
-                "({id, by}), peer ({id, connected})"
+                "({id, by}), peer ({id, connected}), relayed ({id, to}: a relay holds a "
+                "copy of our message), refused ({id, by, reason}: a hop refused it), "
+                "held ({id, for}: we hold an envelope for someone else), released "
+                "({id, to}: our copy is done, its recipient has it)"
             )
         },
     },
