@@ -299,7 +299,9 @@ class Api:
                 async for name, data in channel:
                     yield name, data
 
-        return StreamResponse(events(), keepalive=EVENT_KEEPALIVE)
+        # Subscribed before the headers go out (a client that got them has
+        # missed nothing); on_close releases it even if `events` never starts.
+        return StreamResponse(events(), keepalive=EVENT_KEEPALIVE, on_close=channel.close)
 
 
 def _op(summary: str, **extra: Any) -> dict[str, Any]:

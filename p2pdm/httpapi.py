@@ -160,10 +160,14 @@ class StreamResponse:
     """Server-sent events: each (name, JSON-able data) becomes `event:` and `data:`
     lines; a comment line goes out after `keepalive` seconds without an event, so
     a client that is gone is noticed by the failing write. The stream ends when
-    `events` ends; if `events` is an async generator it is closed either way."""
+    `events` ends; if `events` is an async generator it is closed either way.
+    `on_close` runs once in every case, even when the client was gone before
+    the headers went out and `events` never started (so a subscription made
+    by the handler is always released)."""
 
     events: AsyncIterator[tuple[str, Any]]
     keepalive: float = DEFAULT_KEEPALIVE
+    on_close: Callable[[], None] | None = None
 
     def __post_init__(self) -> None:
         if not self.keepalive > 0:
@@ -450,7 +454,12 @@ class _HttpConnection:
             response, payload = JsonResponse(500, None), encode_json(error)
         if isinstance(response, StreamResponse):
             log.debug("api %s %s -> event stream", method, target)
-            await self._send_stream(response)
+            try:
+                await self._send_stream(response)
+            finally:
+                await _aclose_events(response.events)
+                if response.on_close is not None:
+                    response.on_close()
         else:
             log.debug("api %s %s -> %d", method, target, response.status)
             await self._send_json(response.status, payload, response.headers)

@@ -189,9 +189,18 @@ class EventHub:
                 self._subscribers.discard(channel)
 
     def subscribe(self) -> trio.MemoryReceiveChannel[tuple[str, dict[str, Any]]]:
+        # Forget subscribers that closed their end: without this they would
+        # wait for the next event to be noticed, on a node with no events.
+        for channel in list(self._subscribers):
+            if channel.statistics().open_receive_channels == 0:
+                self._subscribers.discard(channel)
         send, receive = trio.open_memory_channel[tuple[str, dict[str, Any]]](SUBSCRIBER_BUFFER)
         self._subscribers.add(send)
         return receive
+
+    @property
+    def subscribers(self) -> int:
+        return len(self._subscribers)
 
 
 # --- group commit -------------------------------------------------------------

@@ -58,6 +58,7 @@ class App:
     def __init__(self, keepalive: float = 30.0) -> None:
         self.events_in, self.events_out = trio.open_memory_channel[tuple[str, Any]](16)
         self.stream_closed = trio.Event()
+        self.released = trio.Event()
         self.keepalive = keepalive
 
     def router(self) -> Router:
@@ -71,6 +72,7 @@ class App:
         r.route("GET", "/boom")(self.boom)
         r.route("GET", "/events")(self.events)
         r.route("GET", "/broken-events")(self.broken_events)
+        r.route("GET", "/subscribed-events")(self.subscribed_events)
         return r
 
     async def echo(self, request: Request) -> Response:
@@ -104,6 +106,13 @@ class App:
                 self.stream_closed.set()
 
         return StreamResponse(generate(), keepalive=self.keepalive)
+
+    async def subscribed_events(self, request: Request) -> Response:
+        async def generate() -> AsyncIterator[tuple[str, Any]]:
+            async for item in self.events_out:
+                yield item
+
+        return StreamResponse(generate(), keepalive=self.keepalive, on_close=self.released.set)
 
     async def broken_events(self, request: Request) -> Response:
         async def generate() -> AsyncIterator[tuple[str, Any]]:
@@ -572,6 +581,24 @@ async def test_events_of_a_gone_client_are_closed(tmp_path: Path) -> None:
                 await reader.until(b"\r\n\r\n")
             # The next keepalive write fails; the handler's generator is closed.
             await app.stream_closed.wait()
+
+
+async def test_a_client_gone_before_the_headers_still_releases_the_stream(
+    tmp_path: Path,
+) -> None:
+    # The handler subscribed to something; the client sent its request and
+    # left at once, so sending the headers fails and the generator never
+    # starts. on_close must run anyway, or the subscription leaks.
+    path = tmp_path / "api.sock"
+    app = App(keepalive=60)
+    with trio.fail_after(DEADLINE):
+        async with serving(path, app.router()):
+            for _ in range(3):
+                app.released = trio.Event()
+                stream, _reader = await raw(path)
+                async with stream:
+                    await stream.send_all(http_request("GET", "/subscribed-events"))
+                await app.released.wait()
 
 
 async def test_a_failing_event_stream_is_cut_not_ended(

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from p2pdm.node import EventHub
 from p2pdm.store import OutboxState
 
 from .nodes import make_node, next_event
@@ -127,3 +128,13 @@ async def test_a_node_learns_a_peer_by_exchange_and_dials_it_for_mail(tmp_path: 
                 b.bound[0]
             ]
             nursery.cancel_scope.cancel()
+
+
+async def test_event_subscribers_that_closed_are_forgotten_without_any_event() -> None:
+    hub = EventHub()
+    for _ in range(100):
+        hub.subscribe().close()
+    kept = hub.subscribe()
+    assert hub.subscribers == 1
+    hub.publish("x", {})
+    assert kept.receive_nowait() == ("x", {})
