@@ -7,12 +7,14 @@ for the caller's mistakes and 5xx for the node's.
 
 from __future__ import annotations
 
+import math
 import time
 from typing import TYPE_CHECKING, Any
 
 from p2pdm import __version__
 from p2pdm.envelope import MAX_TEXT_LEN, MessageKind
 from p2pdm.httpapi import ApiError, Request, Response, Router, StreamResponse, json_response
+from p2pdm.node import MAX_TTL_MS
 from p2pdm.store import OutboxState, StoreError
 
 if TYPE_CHECKING:
@@ -74,9 +76,26 @@ def _int_query(request: Request, name: str, lo: int, hi: int) -> int | None:
     raw = request.query.get(name)
     if raw is None:
         return None
-    if not raw.isdigit() or not lo <= int(raw) <= hi:
+    # ASCII digits only (str.isdigit takes "²"), and short enough to convert cheaply.
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 19) or not lo <= int(raw) <= hi:
         raise ApiError(400, f"{name} must be an integer in {lo}..{hi}")
     return int(raw)
+
+
+def _ttl_ms(value: object) -> int | None:
+    """A message lifetime in ms from the API's `ttl_s` (seconds), checked."""
+    if value is None:
+        return None
+    problem = f"ttl_s must be a number of seconds, more than 0 and at most {MAX_TTL_MS // 1000}"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ApiError(400, problem)
+    try:
+        seconds = float(value)
+    except OverflowError:  # an integer too large for a float
+        raise ApiError(400, problem) from None
+    if not math.isfinite(seconds) or not 0 < seconds * 1000 <= MAX_TTL_MS:
+        raise ApiError(400, problem)
+    return max(1, int(seconds * 1000))
 
 
 class Api:
@@ -168,16 +187,12 @@ class Api:
                 raise ApiError(400, "empty text: nothing to send")
             if len(text) > MAX_TEXT_LEN:
                 raise ApiError(400, f"text is {len(text)} characters; the limit is {MAX_TEXT_LEN}")
-        ttl = body.get("ttl_s")
-        if ttl is not None and (not isinstance(ttl, (int, float)) or isinstance(ttl, bool)):
-            raise ApiError(400, "ttl_s must be a number of seconds")
+        ttl_ms = _ttl_ms(body.get("ttl_s"))
         to = await self._resolve(body.get("to"))
         if to == self.node.identity.node_id:
             raise ApiError(400, "that is this node's own id")
         try:
-            ids = await self.node.send_texts(
-                to, texts, None if ttl is None else int(float(ttl) * 1000)
-            )
+            ids = await self.node.send_texts(to, texts, ttl_ms)
         except ValueError as exc:
             raise ApiError(400, str(exc)) from None
         except StoreError as exc:

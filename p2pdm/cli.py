@@ -9,6 +9,7 @@ import argparse
 import getpass
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -321,6 +322,17 @@ def cmd_contacts(home: Path, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _seconds(text: str) -> float:
+    """argparse type: a positive, finite number of seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a positive number of seconds")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="p2pdm", description="Peer-to-peer direct messaging.")
     parser.add_argument("--version", action="version", version=f"p2pdm {__version__}")
@@ -397,7 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stdin", action="store_true", help="one message per line of input")
     p.add_argument(
         "--wait",
-        type=float,
+        type=_seconds,
         metavar="SECONDS",
         help="wait for delivery receipts: exit 0 when all came, 3 on timeout",
     )

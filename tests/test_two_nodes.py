@@ -99,6 +99,10 @@ def test_send_by_contact_name_and_bad_input(
     assert unknown.stderr.startswith("p2pdm: ")
     typo = cli(a.home, "send", b_id[:-1] + ("a" if b_id[-1] != "a" else "b"), "x")
     assert typo.returncode == 2
+    for wait in ("nan", "inf", "-1", "0", "soon"):
+        bad_wait = cli(a.home, "send", "bob", "x", "--wait", wait)
+        assert bad_wait.returncode == 2
+        assert "seconds" in bad_wait.stderr
     # Nothing of the refused sends was queued.
     assert len(json_lines(cli(a.home, "outbox", "--json").stdout)) == 1
 
