@@ -16,7 +16,7 @@ import time
 from typing import TYPE_CHECKING
 
 from p2pdm import __version__
-from p2pdm.apiclient import ApiRequestError, ApiUnavailable
+from p2pdm.apiclient import ApiRequestError, ApiUnavailable, EventStreamEnded
 from p2pdm.config import (
     API_SOCKET_NAME,
     KEY_FILE_NAME,
@@ -44,12 +44,14 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
     from pathlib import Path
 
-    from p2pdm.apiclient import ApiClient, EventStream
+    from p2pdm.apiclient import ApiClient
 
 PASSPHRASE_ENV = "P2PDM_PASSPHRASE"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_TIMEOUT = 0, 1, 2, 3
 # Messages per API request when sending many from --stdin.
 SEND_CHUNK = 500
+# Ids per outbox query: 200 hex ids make a 13 KB URL, under the API's 16 KB.
+OUTBOX_QUERY_CHUNK = 200
 
 
 class CliError(Exception):
@@ -194,41 +196,57 @@ def _texts_from(args: argparse.Namespace) -> list[str]:
 def cmd_send(home: Path, args: argparse.Namespace) -> int:
     texts = _texts_from(args)
     client = _client(home)
-    events = client.events("/v1/events") if args.wait is not None else None
-    try:
-        ids: list[str] = []
-        # Big inputs go in chunks so each request stays small.
-        for start in range(0, len(texts), SEND_CHUNK):
-            answer = client.post(
-                "/v1/messages", {"to": args.peer, "texts": texts[start : start + SEND_CHUNK]}
-            )
-            for mid in answer["ids"]:
-                print(mid, flush=True)
-                ids.append(mid)
-        if events is None:
-            return EXIT_OK
-        return _wait_delivered(client, events, set(ids), args.wait)
-    finally:
-        if events is not None:
-            events.close()
+    ids: list[str] = []
+    # Big inputs go in chunks so each request stays small.
+    for start in range(0, len(texts), SEND_CHUNK):
+        answer = client.post(
+            "/v1/messages", {"to": args.peer, "texts": texts[start : start + SEND_CHUNK]}
+        )
+        for mid in answer["ids"]:
+            print(mid, flush=True)
+            ids.append(mid)
+    if args.wait is None:
+        return EXIT_OK
+    return _wait_delivered(client, ids, args.wait)
 
 
-def _wait_delivered(client: ApiClient, events: EventStream, ids: set[str], seconds: float) -> int:
+def _wait_delivered(client: ApiClient, ids: list[str], seconds: float) -> int:
+    """Exit 0 once every message is delivered, 3 if `seconds` pass first."""
     deadline = time.monotonic() + seconds
-    states = client.get("/v1/outbox", ids=",".join(sorted(ids)))["messages"]
-    waiting = {m["id"] for m in states if m["state"] not in ("delivered", "read")}
+    waiting = set(ids)
     while waiting:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            print(
-                f"p2pdm: {len(waiting)} of {len(ids)} not yet delivered; they stay queued",
-                file=sys.stderr,
-            )
-            return EXIT_TIMEOUT
-        event = events.next(timeout=left)
-        if event is not None and event[0] == "delivered":
-            waiting.discard(event[1].get("id"))
+        # Subscribe first, then look at the states: a receipt lands in one
+        # or the other. A node drops a subscriber that falls 1,024 events
+        # behind; then subscribe and look again.
+        with client.events("/v1/events") as events:
+            waiting = _undelivered(client, waiting)
+            try:
+                while waiting:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        print(
+                            f"p2pdm: {len(waiting)} of {len(ids)} not yet delivered;"
+                            " they stay queued",
+                            file=sys.stderr,
+                        )
+                        return EXIT_TIMEOUT
+                    event = events.next(timeout=left)
+                    if event is not None and event[0] == "delivered":
+                        waiting.discard(event[1].get("id"))
+            except EventStreamEnded:
+                continue
     return EXIT_OK
+
+
+def _undelivered(client: ApiClient, ids: set[str]) -> set[str]:
+    """Those of `ids` not yet delivered (asked in chunks: ids travel in the URL)."""
+    ordered = sorted(ids)
+    out: set[str] = set()
+    for start in range(0, len(ordered), OUTBOX_QUERY_CHUNK):
+        chunk = ordered[start : start + OUTBOX_QUERY_CHUNK]
+        states = client.get("/v1/outbox", ids=",".join(chunk))["messages"]
+        out |= {m["id"] for m in states if m["state"] not in ("delivered", "read")}
+    return out
 
 
 def _inbox_line(m: dict[str, object], as_json: bool) -> str:

@@ -107,6 +107,19 @@ def test_send_by_contact_name_and_bad_input(
     assert len(json_lines(cli(a.home, "outbox", "--json").stdout)) == 1
 
 
+def test_send_stdin_waits_for_thousands_of_receipts(
+    two_nodes: tuple[NodeProcess, NodeProcess, str, str],
+) -> None:
+    # More ids than fit one URL, and more events than a subscriber may fall
+    # behind by while the texts are posted.
+    a, b, _a_id, b_id = two_nodes
+    lines = "".join(f"line {i}\n" for i in range(3000))
+    sent = cli(a.home, "send", b_id, "--stdin", "--wait", "120", stdin=lines, timeout=180)
+    assert sent.returncode == 0, sent.stderr
+    assert len(sent.stdout.split()) == 3000
+    assert b.status()["since_start"]["received"] >= 3000
+
+
 def test_blocked_peer_is_never_shown(
     two_nodes: tuple[NodeProcess, NodeProcess, str, str],
 ) -> None:
