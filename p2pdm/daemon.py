@@ -14,7 +14,7 @@ import trio
 from p2pdm.api import Api
 from p2pdm.config import API_SOCKET_NAME, STORE_FILE_NAME
 from p2pdm.httpapi import ServeError, serve_unix
-from p2pdm.node import Node
+from p2pdm.node import ListenError, Node
 from p2pdm.store import Store, StoreError
 
 if TYPE_CHECKING:
@@ -43,12 +43,22 @@ async def serve(config: NodeConfig, identity: Identity, store: Store) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         try:
             await _serve_until_signal(node, api, config, signals)
-        except* OSError as group:
-            exc = group.exceptions[0]
-            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
-            raise DaemonError(f"cannot listen: {reason}") from None
+        except* ListenError as group:
+            raise DaemonError(str(_first(group))) from None
         except* ServeError as group:
-            raise DaemonError(str(group.exceptions[0])) from None
+            raise DaemonError(str(_first(group))) from None
+        except* OSError as group:
+            exc = _first(group)
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            raise DaemonError(f"cannot start: {reason}") from None
+
+
+def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The first real exception in a group, however deeply nurseries nested it."""
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc
 
 
 async def _serve_until_signal(

@@ -19,7 +19,6 @@ a bearer token.
 
 from __future__ import annotations
 
-import errno
 import hmac
 import http
 import ipaddress
@@ -38,6 +37,8 @@ from urllib.parse import parse_qsl, unquote
 import h11
 import trio
 
+from p2pdm.transport import ACCEPT_CAPACITY_ERRNOS, ACCEPT_RETRY_DELAY
+
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
     from pathlib import Path
@@ -50,8 +51,6 @@ RECEIVE_SIZE = 64 * 1024
 LISTEN_BACKLOG = 128
 # After EMFILE and the like, wait this long before accepting again (as trio's
 # serve_listeners does): retrying at once would spin while nothing is freed.
-ACCEPT_RETRY_DELAY = 0.1
-ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
 # A handler's event generator gets this long to clean up once its client is gone.
 STREAM_CLEANUP_TIMEOUT = 5.0
 # Default seconds between keepalive comments on an event stream.

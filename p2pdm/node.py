@@ -77,6 +77,7 @@ from p2pdm.transport import (
     ConnectionClosed,
     TokenBucket,
     TransportLimits,
+    accept_retrying,
     backoff_delay,
     format_address,
     parse_address,
@@ -169,6 +170,10 @@ class NodeConfig:
 
 
 # --- events for the local API -------------------------------------------------
+
+
+class ListenError(Exception):
+    """The node cannot listen on a configured address; the message names it."""
 
 
 class EventHub:
@@ -1092,7 +1097,11 @@ class Node:
             self._nursery = nursery
             nursery.start_soon(self.committer.run)
             for host, port in self.config.listen:
-                listeners = await trio.open_tcp_listeners(port, host=host)
+                try:
+                    listeners = await trio.open_tcp_listeners(port, host=host)
+                except OSError as exc:
+                    where = format_address(host, port)
+                    raise ListenError(f"cannot listen on {where}: {exc.strerror or exc}") from None
                 for listener in listeners:
                     sockname = listener.socket.getsockname()
                     self.bound.append((sockname[0], sockname[1]))
@@ -1128,7 +1137,7 @@ class Node:
     async def _serve(self, listener: trio.SocketListener) -> None:
         async with listener:
             while True:
-                stream = await listener.accept()
+                stream = await accept_retrying(listener, "peer listener")
                 assert self._nursery is not None
                 self._nursery.start_soon(self._inbound, stream)
 

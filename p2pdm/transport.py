@@ -15,8 +15,10 @@ reading, so TCP pushes back on the peer instead of us buffering).
 from __future__ import annotations
 
 import dataclasses
+import errno
 import logging
 import math
+import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -70,6 +72,24 @@ class TransportLimits:
     """Envelope bytes a relay holds from one uploading peer (a fair share)."""
     relay_copies: int = 3
     """Relays a sender hands each message to while its recipient is away."""
+
+
+# accept() failing for lack of descriptors or memory is a passing state (a
+# burst of connections): wait a little and accept again, never give up.
+ACCEPT_RETRY_DELAY = 0.1
+ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
+
+
+async def accept_retrying(listener: trio.SocketListener, what: str) -> trio.SocketStream:
+    """The next connection; capacity errors are logged and retried, others raised."""
+    while True:
+        try:
+            return await listener.accept()
+        except OSError as exc:
+            if exc.errno not in ACCEPT_CAPACITY_ERRNOS:
+                raise
+            log.error("%s: accept failed (%s); retrying", what, os.strerror(exc.errno or 0))
+            await trio.sleep(ACCEPT_RETRY_DELAY)
 
 
 def limits_with(

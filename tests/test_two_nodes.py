@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import time
 from typing import TYPE_CHECKING
 
@@ -182,9 +183,39 @@ def test_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
     try:
         second = cli(tmp_path / "b", "run", "--listen", first.address, "--no-mdns")
         assert second.returncode == 1
-        assert "cannot listen" in second.stderr
+        # The address and the reason, not "Exceptions from Trio nursery".
+        assert f"cannot listen on {first.address}: Address already in use" in second.stderr
+        assert "nursery" not in second.stderr
     finally:
         first.close()
+
+
+def test_running_out_of_file_descriptors_does_not_stop_the_node(tmp_path: Path) -> None:
+    a_id = init_home(tmp_path / "a")
+    init_home(tmp_path / "b")
+    # Few descriptors: a burst of connections makes accept() fail with EMFILE.
+    a = NodeProcess(tmp_path / "a", prefix=("prlimit", "--nofile=32")).start()
+    b = None
+    sockets = []
+    try:
+        host, port = a.address.rsplit(":", 1)
+        for _ in range(100):
+            sockets.append(socket.create_connection((host, int(port)), timeout=DEADLINE))
+        a.wait_for_line("accept failed (Too many open files)")
+        for sock in sockets:
+            sock.close()
+        sockets.clear()
+        # Still serving: a real peer connects and a message arrives.
+        b = NodeProcess(tmp_path / "b", "--bootstrap", a.address).start()
+        assert cli(tmp_path / "b", "send", a_id, "after the storm", "--wait", "30").returncode == 0
+        assert a.proc is not None
+        assert a.proc.poll() is None
+    finally:
+        for sock in sockets:
+            sock.close()
+        a.close()
+        if b is not None:
+            b.close()
 
 
 def test_run_refuses_bad_options_with_exit_2(tmp_path: Path) -> None:
