@@ -145,6 +145,7 @@ class Api:
             {
                 "id": str(node.identity.node_id),
                 "version": __version__,
+                "name": node.config.name,
                 "listen": [f"{h}:{p}" for h, p in node.bound],
                 "connected": len(node.connected()),
                 "outbox_pending": pending,

@@ -94,7 +94,9 @@ def _target(path: str, query: dict[str, object]) -> str:
     if not path.startswith("/"):
         raise ValueError(f"an API path starts with '/': {path!r}")
     pairs = [(k, _query_value(v)) for k, v in query.items() if v is not None]
-    return quote(path, safe="/") + (f"?{urlencode(pairs)}" if pairs else "")
+    # "%" stays: a caller quotes a segment that may hold "/", "?" or "%"
+    # (quote(part, safe="")), and that must reach the node as quoted once.
+    return quote(path, safe="/%") + (f"?{urlencode(pairs)}" if pairs else "")
 
 
 def _query_value(value: object) -> str:

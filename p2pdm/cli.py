@@ -13,6 +13,7 @@ import math
 import os
 import sys
 import time
+import urllib.parse
 from typing import TYPE_CHECKING
 
 from p2pdm import __version__
@@ -126,7 +127,7 @@ def _addresses(
 
 def cmd_run(home: Path, args: argparse.Namespace) -> int:
     from p2pdm.daemon import run_daemon
-    from p2pdm.node import DEFAULT_PORT, DEFAULT_TTL_MS, NodeConfig
+    from p2pdm.node import DEFAULT_PORT, DEFAULT_TTL_MS, MAX_TTL_MS, NodeConfig
 
     conf = load_config(home)
     level = (args.log_level or str(conf.get("log_level", "info"))).upper()
@@ -140,7 +141,11 @@ def cmd_run(home: Path, args: argparse.Namespace) -> int:
     mdns = bool(conf.get("mdns", True)) if args.mdns is None else args.mdns
     mdns_interfaces = args.mdns_interface or list(conf.get("mdns_interfaces", []))  # type: ignore[call-overload]
     relay = bool(conf.get("relay", True)) if args.relay is None else args.relay
-    ttl_days = conf.get("ttl_days")
+    ttl_days = args.ttl_days if args.ttl_days is not None else conf.get("ttl_days")
+    max_days = MAX_TTL_MS // 86_400_000
+    if ttl_days is not None and not (isinstance(ttl_days, int) and 1 <= ttl_days <= max_days):
+        raise CliError(f"ttl_days must be a whole number of days, 1 to {max_days}", EXIT_USAGE)
+    name = check_name(args.name) if args.name is not None else conf.get("name")
     limit_overrides: dict[str, object] = dict(conf.get("limits", {}))  # type: ignore[call-overload]
     for item in args.limit or []:
         name, sep, value = item.partition("=")
@@ -158,7 +163,8 @@ def cmd_run(home: Path, args: argparse.Namespace) -> int:
         mdns=mdns,
         mdns_interfaces=tuple(mdns_interfaces),
         relay=relay,
-        ttl_ms=int(ttl_days) * 86_400_000 if isinstance(ttl_days, int) else DEFAULT_TTL_MS,
+        ttl_ms=DEFAULT_TTL_MS if ttl_days is None else ttl_days * 86_400_000,
+        name=name if isinstance(name, str) else None,
         limits=limits,
     )
     identity = _unlock(home)
@@ -334,10 +340,15 @@ def cmd_contacts(home: Path, args: argparse.Namespace) -> int:
             body["name"] = args.name
         client.post("/v1/contacts", body)
     elif args.action == "remove":
-        client.delete(f"/v1/contacts/{args.target}")
+        client.delete(f"/v1/contacts/{_path_part(args.target)}")
     else:
-        client.post(f"/v1/contacts/{args.target}/{args.action}", {})
+        client.post(f"/v1/contacts/{_path_part(args.target)}/{args.action}", {})
     return EXIT_OK
+
+
+def _path_part(text: str) -> str:
+    """`text` as one path segment: a name with "/" or "?" must not change the path."""
+    return urllib.parse.quote(text, safe="")
 
 
 def _seconds(text: str) -> float:
@@ -413,6 +424,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-relay", dest="relay", action="store_false", help="do not hold mail for other peers"
     )
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--name", help="display name of this node (shown in status)")
+    p.add_argument(
+        "--ttl-days", type=int, metavar="DAYS", help="how long sent messages live (default 7)"
+    )
     p.add_argument(
         "--limit",
         action="append",
@@ -478,7 +493,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CliError as exc:
         print(f"p2pdm: {exc}", file=sys.stderr)
         return exc.code
-    except (IdentityError, ConfigError) as exc:
+    except ConfigError as exc:  # a bad config file or name: bad input
+        print(f"p2pdm: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except IdentityError as exc:
         print(f"p2pdm: {exc}", file=sys.stderr)
         return EXIT_USAGE if args.command == "safety-number" else EXIT_FAILED
     except DaemonError as exc:

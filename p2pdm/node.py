@@ -167,6 +167,8 @@ class NodeConfig:
     window: int = DEFAULT_WINDOW
     ttl_ms: int = DEFAULT_TTL_MS
     limits: TransportLimits = field(default_factory=TransportLimits)
+    name: str | None = None
+    """Display name (config `name`); shown in status, never sent to peers yet."""
 
 
 # --- events for the local API -------------------------------------------------

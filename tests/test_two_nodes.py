@@ -100,6 +100,12 @@ def test_send_by_contact_name_and_bad_input(
     assert unknown.stderr.startswith("p2pdm: ")
     typo = cli(a.home, "send", b_id[:-1] + ("a" if b_id[-1] != "a" else "b"), "x")
     assert typo.returncode == 2
+    # A name with "/" and "?" still names one contact.
+    assert cli(a.home, "contacts", "add", b_id, "--name", "b/o?b").returncode == 0
+    assert cli(a.home, "contacts", "block", "b/o?b").returncode == 0
+    assert cli(a.home, "contacts", "unblock", "b/o?b").returncode == 0
+    listed = json_lines(cli(a.home, "contacts", "list", "--json").stdout)
+    assert [(c["name"], c["blocked"]) for c in listed] == [("b/o?b", False)]
     for wait in ("nan", "inf", "-1", "0", "soon"):
         bad_wait = cli(a.home, "send", "bob", "x", "--wait", wait)
         assert bad_wait.returncode == 2
@@ -230,5 +236,16 @@ def test_run_refuses_bad_options_with_exit_2(tmp_path: Path) -> None:
         assert why in result.stderr
     (tmp_path / "a" / "config.toml").write_text("listen = 5\n")
     result = cli(tmp_path / "a", "run", "--no-mdns")
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert "listen must be a list" in result.stderr
+    (tmp_path / "a" / "config.toml").write_text("ttl_days = 0\n")
+    result = cli(tmp_path / "a", "run", "--no-mdns", "--listen", "127.0.0.1:0")
+    assert result.returncode == 2
+    assert "ttl_days must be" in result.stderr
+    (tmp_path / "a" / "config.toml").write_text("")
+    for ttl in ("0", "31", "-2"):
+        result = cli(
+            tmp_path / "a", "run", "--no-mdns", "--listen", "127.0.0.1:0", "--ttl-days", ttl
+        )
+        assert result.returncode == 2
+        assert "ttl_days must be" in result.stderr
