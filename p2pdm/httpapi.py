@@ -71,6 +71,9 @@ class ApiLimits:
     """Request bodies; a send of a few hundred texts fits, a runaway upload does not."""
     max_connections: int = 64
     """Connections served at once; beyond it new ones wait in the listen backlog."""
+    max_event_streams: int = 32
+    """Event streams open at once (each also holds a connection): the rest of
+    the connections stay free for requests; past it a stream request gets 503."""
     request_timeout: float = 10.0
     """Seconds from waiting for a request to having all of it: a client that stalls
     mid-request, or idles on a kept-alive connection, is dropped and frees its slot."""
@@ -355,9 +358,15 @@ class _HttpConnection:
     """Serves one client connection: h11 for the protocol, `stream` for bytes."""
 
     def __init__(
-        self, stream: trio.abc.Stream, router: Router, limits: ApiLimits, token: bytes | None
+        self,
+        stream: trio.abc.Stream,
+        router: Router,
+        limits: ApiLimits,
+        token: bytes | None,
+        stream_slots: trio.Semaphore,
     ) -> None:
         self._stream = stream
+        self._stream_slots = stream_slots
         self._router = router
         self._limits = limits
         self._token = token
@@ -454,11 +463,21 @@ class _HttpConnection:
         if isinstance(response, StreamResponse):
             log.debug("api %s %s -> event stream", method, target)
             try:
+                self._stream_slots.acquire_nowait()
+            except trio.WouldBlock:
+                await self._close_stream_response(response)
+                busy = ApiError(
+                    503,
+                    f"too many event streams open (limit {self._limits.max_event_streams})",
+                    "close one, or try again later",
+                )
+                await self._send_json(503, encode_json(busy.body()))
+                return
+            try:
                 await self._send_stream(response)
             finally:
-                await _aclose_events(response.events)
-                if response.on_close is not None:
-                    response.on_close()
+                self._stream_slots.release()
+                await self._close_stream_response(response)
         else:
             log.debug("api %s %s -> %d", method, target, response.status)
             await self._send_json(response.status, payload, response.headers)
@@ -557,8 +576,16 @@ class _HttpConnection:
             except trio.BrokenResourceError:
                 pass
 
+    @staticmethod
+    async def _close_stream_response(response: StreamResponse) -> None:
+        await _aclose_events(response.events)
+        if response.on_close is not None:
+            response.on_close()
+
     async def _send_stream(self, response: StreamResponse) -> None:
-        headers = self._headers([("cache-control", "no-store")], close=False)
+        # The connection ends with the stream: then anything the client sends
+        # meanwhile can be read and dropped, and its EOF means it has left.
+        headers = self._headers([("cache-control", "no-store")], close=True)
         await self._send(
             h11.Response(status_code=200, headers=[(b"content-type", SSE_CONTENT_TYPE), *headers])
         )
@@ -578,9 +605,22 @@ class _HttpConnection:
                 finally:
                     await _aclose_events(response.events)
 
+        async def watch_client() -> None:
+            # Without this a client that closed is noticed only by the next
+            # write (up to a keepalive later), holding its slots until then.
+            while True:
+                try:
+                    data = await self._stream.receive_some(RECEIVE_SIZE)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    data = b""
+                if not data:
+                    self._drop("the event stream's client left")
+                    return
+
         send_chunks, chunks = trio.open_memory_channel[bytes](0)
         async with trio.open_nursery() as nursery, chunks:
             nursery.start_soon(produce, send_chunks)
+            nursery.start_soon(watch_client)
             while True:
                 chunk = KEEPALIVE_COMMENT
                 with trio.move_on_after(response.keepalive):
@@ -589,6 +629,7 @@ class _HttpConnection:
                     except trio.EndOfChannel:
                         break
                 await self._send(h11.Data(data=chunk))
+            nursery.cancel_scope.cancel()  # the stream ended: stop watching the client
         if failed:
             # No clean end: the client sees the stream cut, not finished.
             self._drop("event stream failed")
@@ -605,10 +646,11 @@ async def _serve_connection(
     limits: ApiLimits,
     token: bytes | None,
     slots: trio.Semaphore,
+    stream_slots: trio.Semaphore,
 ) -> None:
     try:
         async with stream:
-            await _HttpConnection(stream, router, limits, token).run()
+            await _HttpConnection(stream, router, limits, token, stream_slots).run()
     except Exception:
         # A bug here must cost one connection, not the server.
         log.exception("api connection failed")
@@ -620,6 +662,7 @@ async def _serve_listener(
     listener: trio.SocketListener, router: Router, limits: ApiLimits, token: bytes | None
 ) -> None:
     slots = trio.Semaphore(limits.max_connections)
+    stream_slots = trio.Semaphore(limits.max_event_streams)
     async with listener, trio.open_nursery() as nursery:
         while True:
             # Take a slot before accepting: past the limit, clients wait in the backlog.
@@ -636,7 +679,9 @@ async def _serve_listener(
             except BaseException:
                 slots.release()
                 raise
-            nursery.start_soon(_serve_connection, stream, router, limits, token, slots)
+            nursery.start_soon(
+                _serve_connection, stream, router, limits, token, slots, stream_slots
+            )
 
 
 def _socket_kind(path: Path) -> bool | None:

@@ -8,6 +8,7 @@ has a deadline.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -599,6 +600,40 @@ async def test_a_client_gone_before_the_headers_still_releases_the_stream(
                 async with stream:
                     await stream.send_all(http_request("GET", "/subscribed-events"))
                 await app.released.wait()
+
+
+async def test_a_client_that_closes_its_stream_is_noticed_at_once(tmp_path: Path) -> None:
+    # Keepalives every minute: only reading the connection notices the close
+    # in time (it frees the connection and the handler's subscription).
+    path = tmp_path / "api.sock"
+    app = App(keepalive=60)
+    with trio.fail_after(10):
+        async with serving(path, app.router()):
+            stream, reader = await raw(path)
+            async with stream:
+                await stream.send_all(http_request("GET", "/events"))
+                await reader.until(b"\r\n\r\n")
+            await app.stream_closed.wait()
+
+
+async def test_event_streams_have_a_cap_of_their_own(tmp_path: Path) -> None:
+    path = tmp_path / "api.sock"
+    app = App(keepalive=60)
+    limits = dataclasses.replace(LIMITS, max_event_streams=2)
+    with trio.fail_after(DEADLINE):
+        async with serving(path, app.router(), limits) as client:
+            first: EventStream = await in_thread(client.events, "/events")
+            second: EventStream = await in_thread(client.events, "/events")
+            with pytest.raises(ApiRequestError, match="too many event streams") as refused:
+                await in_thread(client.events, "/events")
+            assert refused.value.status == 503
+            # Plain requests still get through.
+            assert (await in_thread(client.get, "/items/x"))["params"] == {"item": "x"}
+            first.close()
+            await app.stream_closed.wait()  # the node noticed, and freed its place
+            third: EventStream = await in_thread(client.events, "/events")
+            second.close()
+            third.close()
 
 
 async def test_a_failing_event_stream_is_cut_not_ended(
