@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 # One request may send this many messages (the CLI chunks --stdin by it).
 MAX_TEXTS_PER_REQUEST = 1000
 MAX_LIST = 100_000
+# Without ?limit= a list holds the latest this many (an answer stays a few MB).
+DEFAULT_LIST = 10_000
 # Comment lines on the event stream, so a dead client is noticed.
 EVENT_KEEPALIVE = 15.0
 
@@ -203,7 +205,7 @@ class Api:
     async def inbox(self, request: Request) -> Response:
         node = self.node
         peer = await self._resolve(request.query["peer"]) if "peer" in request.query else None
-        limit = _int_query(request, "limit", 1, MAX_LIST)
+        limit = _int_query(request, "limit", 1, MAX_LIST) or DEFAULT_LIST
         after = _int_query(request, "after", 0, 1 << 62)
         rows = await self._store(node.store.inbox, peer, limit, after, (int(MessageKind.RECEIPT),))
         names = await self._names()
@@ -224,7 +226,8 @@ class Api:
             rows = [await self._store(node.store.outbox_message, i) for i in ids]
             found = [r for r in rows if r is not None]
         else:
-            found = await self._store(node.store.outbox, _int_query(request, "limit", 1, MAX_LIST))
+            limit = _int_query(request, "limit", 1, MAX_LIST) or DEFAULT_LIST
+            found = await self._store(node.store.outbox, limit)
         return json_response(
             {"messages": [outbox_json(r) for r in found if r.kind != MessageKind.RECEIPT]}
         )
@@ -340,8 +343,19 @@ OPENAPI: dict[str, Any] = {
                 '"ttl_s". Answers 201 {"ids": [...]} only after the messages are committed.'
             )
         },
-        "/v1/inbox": {"get": _op("Received messages, oldest first; ?peer=&limit=&after=SEQ")},
-        "/v1/outbox": {"get": _op("Sent messages and their state; ?limit= or ?ids=a,b")},
+        "/v1/inbox": {
+            "get": _op(
+                "Received messages, oldest first; ?peer=&limit=&after=SEQ. limit is at most "
+                f"{MAX_LIST:,} and {DEFAULT_LIST:,} when absent (the latest, or the first "
+                "after SEQ)"
+            )
+        },
+        "/v1/outbox": {
+            "get": _op(
+                f"Sent messages and their state; ?limit= (default {DEFAULT_LIST:,}, the "
+                "latest) or ?ids=a,b"
+            )
+        },
         "/v1/peers": {"get": _op("Known peers, their addresses, and whether connected")},
         "/v1/resolve": {"get": _op("Resolve ?peer= (id, unique prefix, contact name) to an id")},
         "/v1/contacts": {

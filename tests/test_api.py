@@ -7,10 +7,11 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import trio
 
+from p2pdm import api as api_module
 from p2pdm.api import Api
 from p2pdm.apiclient import ApiClient, ApiRequestError
 from p2pdm.httpapi import serve_unix
-from tests.nodes import make_node
+from tests.nodes import make_node, next_event
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -62,4 +63,32 @@ async def test_bad_message_lifetimes_are_a_400(tmp_path: Path, ttl: object) -> N
             # Infinity and NaN are not JSON: refused before ttl_s is read.
             assert "ttl_s" in str(refused) or "is not JSON" in str(refused)
             assert node.store.outbox() == []  # nothing stored
+            nursery.cancel_scope.cancel()
+
+
+async def test_lists_without_a_limit_are_bounded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(api_module, "DEFAULT_LIST", 5)  # the real default is 10,000
+    a = make_node(tmp_path, "a")
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(a.run)
+            b = make_node(tmp_path, "b", bootstrap=(a.bound[0],))
+            await nursery.start(b.run)
+            b_events = b.events.subscribe()
+            ids = await b.send_texts(a.identity.node_id, [f"m{i}" for i in range(8)])
+            delivered = set()
+            while len(delivered) < len(ids):
+                delivered.add((await next_event(b_events, "delivered"))["id"])
+            await nursery.start(serve_unix, tmp_path / "a.sock", Api(a).router())
+            await nursery.start(serve_unix, tmp_path / "b.sock", Api(b).router())
+            inbox = await trio.to_thread.run_sync(
+                ApiClient(tmp_path / "a.sock", timeout=DEADLINE).get, "/v1/inbox"
+            )
+            assert [m["text"] for m in inbox["messages"]] == [f"m{i}" for i in range(3, 8)]
+            outbox = await trio.to_thread.run_sync(
+                ApiClient(tmp_path / "b.sock", timeout=DEADLINE).get, "/v1/outbox"
+            )
+            assert [m["text"] for m in outbox["messages"]] == [f"m{i}" for i in range(3, 8)]
             nursery.cancel_scope.cancel()
