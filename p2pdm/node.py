@@ -139,9 +139,9 @@ NOTICE_RATE = 20.0
 NOTICE_BURST = 64.0
 # How long our notices wait to gather more ids (they only save peers space).
 NOTICE_DELAY = 1.0
-# Relay-to-relay reconciliation: the dialling side runs one at link open,
-# then again when its held set changed (at most every MIN_GAP), and every
-# INTERVAL regardless. A round that takes longer than TIMEOUT ends the link.
+# Relay-to-relay reconciliation: the dialling side runs one at link open;
+# each side runs one when its own held set changed (at most every MIN_GAP),
+# and every INTERVAL regardless. A run that takes over TIMEOUT ends the link.
 RECONCILE_MIN_GAP = 5.0
 RECONCILE_INTERVAL = 600.0
 RECONCILE_TIMEOUT = 60.0
@@ -589,7 +589,9 @@ class PeerLink:
         self._to_give: deque[bytes] = deque()  # ids the peer lacks, to push
         # Reconciliation messages from the peer; one is answered before the
         # next is sent, so a few buffered mean a peer ignoring the protocol.
-        self._recon_send, self._recon_recv = trio.open_memory_channel[wire.Value](4)
+        # One pair for the peer's runs (requests), one for ours (answers).
+        self._recon_requests = trio.open_memory_channel[wire.Value](4)
+        self._recon_answers = trio.open_memory_channel[wire.Value](4)
         self._notice_due = trio.Event()
         self._pex_news = trio.Event()
         self.opened = trio.Event()
@@ -703,8 +705,9 @@ class PeerLink:
             elif isinstance(event, HelloReceived):
                 self.opened.set()
             elif isinstance(event, ReconReceived):
+                send, _ = self._recon_requests if event.request else self._recon_answers
                 try:
-                    self._recon_send.send_nowait(event.message)
+                    send.send_nowait(event.message)
                 except trio.WouldBlock:
                     raise SessionError("reconciliation messages sent without waiting") from None
             elif isinstance(event, NoticeReceived):
@@ -804,23 +807,31 @@ class PeerLink:
         await self.opened.wait()
         if not (self.node.config.relay and self.peer_relays):
             await trio.sleep_forever()  # ending would end the link
-        if self.conn.initiator:
-            await self._reconcile_as_initiator()
-        else:
-            await self._reconcile_as_responder()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._reconcile_as_responder)
+            await self._reconcile_as_initiator()  # returns only to end the link
+            nursery.cancel_scope.cancel()
 
     async def _reconcile_as_initiator(self) -> None:
+        """Our runs: at open if we dialled (one side is enough), then on change."""
         node = self.node
+        _, answers = self._recon_answers
+        generation = None if self.conn.initiator else node.relay_generation
         while True:
+            if generation is not None:
+                await trio.sleep(RECONCILE_MIN_GAP)
+                with trio.move_on_after(RECONCILE_INTERVAL - RECONCILE_MIN_GAP):
+                    while node.relay_generation == generation:
+                        await node.relay_changed.wait()
             generation = node.relay_generation
             ids = await node.store_call(node.store.relay_ids, node.now_ms())
             recon = Reconciler(ids, initiator=True)
             with trio.move_on_after(RECONCILE_TIMEOUT) as scope:
-                await self.conn.send(self.session.recon_frame(recon.initiate()))
+                await self.conn.send(self.session.recon_frame(recon.initiate(), request=True))
                 while not recon.done:
-                    reply = recon.receive(await self._recon_recv.receive())
+                    reply = recon.receive(await answers.receive())
                     if reply is not None:
-                        await self.conn.send(self.session.recon_frame(reply))
+                        await self.conn.send(self.session.recon_frame(reply, request=True))
                     await self._reconciled(recon)
             if scope.cancelled_caught:
                 self.close_reason = f"reconciliation took over {RECONCILE_TIMEOUT:g} s"
@@ -828,21 +839,19 @@ class PeerLink:
             node.reconciliations += 1
             node.recon_bytes += recon.bytes_sent + recon.bytes_received
             node.recon_rounds += recon.rounds
-            await trio.sleep(RECONCILE_MIN_GAP)
-            with trio.move_on_after(RECONCILE_INTERVAL - RECONCILE_MIN_GAP):
-                while node.relay_generation == generation:
-                    await node.relay_changed.wait()
 
     async def _reconcile_as_responder(self) -> None:
+        """The peer's runs: answer each message."""
         node = self.node
+        _, requests = self._recon_requests
         recon: Reconciler | None = None
-        async for message in self._recon_recv:
+        async for message in requests:
             if recon is None or is_start(message):
                 ids = await node.store_call(node.store.relay_ids, node.now_ms())
                 recon = Reconciler(ids, initiator=False)
             reply = recon.receive(message)
             if reply is not None:
-                await self.conn.send(self.session.recon_frame(reply))
+                await self.conn.send(self.session.recon_frame(reply, request=False))
             await self._reconciled(recon)
 
     async def _reconciled(self, recon: Reconciler) -> None:

@@ -165,6 +165,8 @@ class PeersReceived:
 class ReconReceived:
     message: dict[wire.Key, wire.Value]
     """Checked only as a map; p2pdm.reconcile parses the rest."""
+    request: bool
+    """True: part of a run the peer started; False: an answer in one of ours."""
 
 
 @dataclass(frozen=True)
@@ -292,10 +294,14 @@ class Session:
         recs: list[wire.Value] = list(records)
         return wire.encode({"t": FrameType.PEERS, "recs": recs})
 
-    def recon_frame(self, message: wire.Value) -> bytes:
-        """One reconciliation message (the reconciler keeps it under the frame size)."""
+    def recon_frame(self, message: wire.Value, *, request: bool) -> bytes:
+        """One reconciliation message; `request` when it belongs to a run we started.
+
+        Each side may run its own reconciliation at the same time; `q` tells
+        the receiver which run a message is part of.
+        """
         self._require_open()
-        frame = wire.encode({"t": FrameType.RECON, "m": message})
+        frame = wire.encode({"t": FrameType.RECON, "q": request, "m": message})
         if len(frame) > MAX_FRAME_PLAINTEXT:
             raise SessionUsageError(f"RECON of {len(frame)} bytes does not fit in one frame")
         return frame
@@ -359,11 +365,13 @@ class Session:
         if kind == FrameType.PEERS:
             return self._got_peers(doc)
         if kind == FrameType.RECON:
-            fields = wire.as_map(doc, "RECON", required={"t", "m"})
-            message = fields["m"]
+            fields = wire.as_map(doc, "RECON", required={"t", "q", "m"})
+            message, request = fields["m"], fields["q"]
             if not isinstance(message, dict):
                 raise SessionError("RECON.m must be a map")
-            return ReconReceived(message)
+            if not isinstance(request, bool):
+                raise SessionError("RECON.q must be true or false")
+            return ReconReceived(message, request)
         if kind == FrameType.NOTICE:
             fields = wire.as_map(doc, "NOTICE", required={"t", "notice"})
             notice = wire.field_bytes(fields, "notice", "NOTICE", max_size=MAX_NOTICE_SIZE)

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from p2pdm import node as node_module
 from p2pdm.identity import Identity
 from p2pdm.node import Node, NodeConfig
 from p2pdm.notice import DeliveryNotice
@@ -15,6 +16,8 @@ from tests.nodes import next_event
 
 if TYPE_CHECKING:
     from pathlib import Path
+
+    import pytest
 
 DEADLINE = 30
 
@@ -252,4 +255,27 @@ async def test_two_relays_that_meet_end_up_holding_the_union(tmp_path: Path) -> 
             await nursery.start(run_until_cancelled, b)
             await until(b_events, *[("message", {"id": m.hex()}) for m in everything])
             assert sorted(r.message_id for r in b.store.inbox()) == everything
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_relay_that_was_dialled_passes_on_new_mail_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Not only the dialling side starts reconciliation: r1 accepts r2's
+    # connection, gets new mail afterwards, and r2 learns of it by r1's run.
+    monkeypatch.setattr(node_module, "RECONCILE_MIN_GAP", 0.05)
+    a_home, r1_home, r2_home, b_home = (Home(tmp_path, n) for n in ("a", "r1", "r2", "b"))
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as nursery:
+            r1 = r1_home.node()
+            await nursery.start(run_until_cancelled, r1)
+            r2 = r2_home.node(r1.bound[0])
+            r2_events = r2.events.subscribe()
+            await nursery.start(run_until_cancelled, r2)
+            await until(r2_events, ("peer", {"id": str(r1_home.id)}))
+            a = a_home.node(r1.bound[0])
+            await nursery.start(run_until_cancelled, a)
+            ids = await a.send_texts(b_home.id, ["one", "two"])
+            await until(r2_events, *[("held", {"id": m.hex()}) for m in ids])
+            assert r1.reconciliations >= 1  # r1 started a run although r2 dialled
             nursery.cancel_scope.cancel()

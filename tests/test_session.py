@@ -263,7 +263,8 @@ def test_notices_and_reconciliation_messages_pass_as_opaque_values() -> None:
     a, b = make_pair()
     assert b.receive(a.notice_frame(b"signed")) == NoticeReceived(b"signed")
     recon = {"fp": b"x", "split": b"", "ids": b"", "want": b""}
-    assert b.receive(a.recon_frame(recon)) == ReconReceived(recon)
+    assert b.receive(a.recon_frame(recon, request=True)) == ReconReceived(recon, True)
+    assert b.receive(a.recon_frame(recon, request=False)) == ReconReceived(recon, False)
     with pytest.raises(SessionUsageError):
         a.notice_frame(b"x" * (MAX_NOTICE_SIZE + 1))
     with pytest.raises(SessionUsageError):
@@ -276,8 +277,9 @@ def test_notices_and_reconciliation_messages_pass_as_opaque_values() -> None:
         ({"t": 9, "notice": b""}, "empty"),
         ({"t": 9, "notice": "text"}, "notice"),
         ({"t": 9, "notice": b"x" * (MAX_NOTICE_SIZE + 1)}, "notice"),
-        ({"t": 8, "m": [b"x"]}, "RECON.m"),
-        ({"t": 8}, "RECON"),
+        ({"t": 8, "q": True, "m": [b"x"]}, "RECON.m"),
+        ({"t": 8, "q": 1, "m": {}}, "RECON.q"),
+        ({"t": 8, "m": {}}, "RECON"),
     ],
 )
 def test_malformed_notice_and_recon_frames_are_refused(doc: wire.Value, why: str) -> None:
