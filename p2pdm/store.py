@@ -1794,8 +1794,9 @@ class Store:
     ) -> list[bytes]:
         """`recipient` has these messages: drop held copies addressed to it, remember why.
 
-        Only ids held for `recipient` (in the relay table or our own outbox,
-        or already known delivered to it) are touched, so a notice signed by
+        Only ids held for `recipient` (in the relay table, or in our own
+        outbox with copies at relays, or already known delivered to it) are
+        touched, so a notice signed by
         anyone else deletes nothing. The
         notice, when given, is kept until the last id it covers expires, to
         pass on. Returns the ids recorded.
@@ -1809,8 +1810,10 @@ class Store:
             for mid in ids:
                 row = conn.execute(
                     "SELECT expires_ms FROM relay WHERE message_id = ? AND recipient = ?"
+                    # Our own message counts only if relays hold copies of it:
+                    # otherwise there is nothing to pass the notice on for.
                     " UNION ALL SELECT expires_ms FROM outbox"
-                    " WHERE message_id = ? AND recipient = ?"
+                    " WHERE message_id = ? AND recipient = ? AND relayed_to > 0"
                     " UNION ALL SELECT expires_ms FROM delivered"
                     " WHERE message_id = ? AND recipient = ?",
                     (mid, rkey, mid, rkey, mid, rkey),

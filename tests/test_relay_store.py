@@ -156,3 +156,26 @@ def test_usage_survives_a_reopen(tmp_path: Path, people: tuple[Identity, ...]) -
     with Store.open(tmp_path / "n.db") as s:
         assert s.relay_usage() == (1, len(outer.raw))
         assert [r.message_id for r in s.relay_for(b.node_id, NOW)] == [outer.message_id]
+
+
+def test_a_notice_for_our_own_mail_is_kept_only_if_relays_hold_copies(
+    db: Store, people: tuple[Identity, ...]
+) -> None:
+    a, b, relay, _ = people
+    direct, handed = sealed_for(a, b, "direct"), sealed_for(a, b, "handed")
+    for s in (direct, handed):
+        assert db.enqueue(
+            message_id=s.message_id,
+            recipient=s.recipient,
+            envelope=s.raw,
+            kind=MessageKind.TEXT,
+            body="x",
+            now_ms=NOW,
+            expires_ms=s.expires_ms,
+        )
+    db.mark_sent(handed.message_id, NOW, relay=relay.node_id)
+    recorded = db.note_delivered([direct.message_id, handed.message_id], b.node_id, NOW, b"n")
+    # Nothing to pass on for the message no relay holds: no work, no record.
+    assert recorded == [handed.message_id]
+    assert db.notices_for([direct.message_id]) == []
+    assert db.notices_for([handed.message_id]) == [b"n"]
