@@ -20,6 +20,8 @@ def make_node(
     name: str,
     bootstrap: tuple[tuple[str, int], ...] = (),
     limits: TransportLimits | None = None,
+    *,
+    relay: bool = True,
 ) -> Node:
     home = tmp_path / name
     home.mkdir()
@@ -28,6 +30,7 @@ def make_node(
         listen=(("127.0.0.1", 0),),
         bootstrap=bootstrap,
         mdns=False,
+        relay=relay,
         limits=limits or TransportLimits(),
     )
     return Node(config, Identity.generate(), Store.open(home / "store.db"))

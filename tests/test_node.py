@@ -110,7 +110,8 @@ async def test_a_node_learns_a_peer_by_exchange_and_dials_it_for_mail(tmp_path: 
     with trio.fail_after(DEADLINE):
         async with trio.open_nursery() as nursery:
             await nursery.start(a.run)
-            b = make_node(tmp_path, "b", bootstrap=(a.bound[0],))
+            # b does not relay, so the mail can only go by d dialling a.
+            b = make_node(tmp_path, "b", bootstrap=(a.bound[0],), relay=False)
             await nursery.start(b.run)
             d = make_node(tmp_path, "d", bootstrap=(b.bound[0],))
             d_events = d.events.subscribe()
