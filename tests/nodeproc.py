@@ -206,3 +206,16 @@ class NodeProcess:
 
 def json_lines(text: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def wait_event(
+    events: object, name: str, match: object, timeout: float = DEADLINE
+) -> dict[str, object]:
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(f"no {name} event")
+        event = events.next(timeout=left)  # type: ignore[attr-defined]
+        if event is not None and event[0] == name and match(event[1]):  # type: ignore[operator]
+            return event[1]  # type: ignore[no-any-return]

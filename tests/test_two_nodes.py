@@ -3,49 +3,12 @@
 from __future__ import annotations
 
 import socket
-import time
 from typing import TYPE_CHECKING
-
-import pytest
 
 from .nodeproc import DEADLINE, NodeProcess, cli, init_home, json_lines
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
     from pathlib import Path
-
-
-@pytest.fixture
-def two_nodes(tmp_path: Path) -> Iterator[tuple[NodeProcess, NodeProcess, str, str]]:
-    a_id = init_home(tmp_path / "a", "alice")
-    b_id = init_home(tmp_path / "b", "bob")
-    a = NodeProcess(tmp_path / "a").start()
-    b = None
-    try:
-        events = a.api.events("/v1/events")
-        try:
-            b = NodeProcess(tmp_path / "b", "--bootstrap", a.address).start()
-            wait_event(events, "peer", lambda d: d["id"] == b_id and d["connected"])
-        finally:
-            events.close()
-        yield a, b, a_id, b_id
-    finally:
-        a.close()
-        if b is not None:
-            b.close()
-
-
-def wait_event(
-    events: object, name: str, match: object, timeout: float = DEADLINE
-) -> dict[str, object]:
-    deadline = time.monotonic() + timeout
-    while True:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise TimeoutError(f"no {name} event")
-        event = events.next(timeout=left)  # type: ignore[attr-defined]
-        if event is not None and event[0] == name and match(event[1]):  # type: ignore[operator]
-            return event[1]  # type: ignore[no-any-return]
 
 
 def test_messages_both_ways_with_receipts(
