@@ -12,9 +12,11 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from p2pdm import __version__
-from p2pdm.envelope import MAX_TEXT_LEN, MessageKind
+from p2pdm.envelope import MAX_TEXT_LEN, MESSAGE_ID_LEN, RECEIPT_KINDS
 from p2pdm.httpapi import ApiError, Request, Response, Router, StreamResponse, json_response
+from p2pdm.identity import safety_number
 from p2pdm.node import MAX_TTL_MS
+from p2pdm.settings import AcceptPolicy
 from p2pdm.store import OutboxState, StoreError
 
 if TYPE_CHECKING:
@@ -22,7 +24,7 @@ if TYPE_CHECKING:
 
     from p2pdm.identity import NodeId
     from p2pdm.node import Node
-    from p2pdm.store import InboxRow, OutboxRow
+    from p2pdm.store import ChatRow, ConversationRow, InboxRow, OutboxRow, SearchHit
 
 # One request may send this many messages (the CLI chunks --stdin by it).
 MAX_TEXTS_PER_REQUEST = 1000
@@ -31,13 +33,18 @@ MAX_LIST = 100_000
 DEFAULT_LIST = 10_000
 # Comment lines on the event stream, so a dead client is noticed.
 EVENT_KEEPALIVE = 15.0
+# A conversation page and a search answer hold at most this many messages.
+MAX_PAGE = 500
+DEFAULT_PAGE = 50
+# Ids one read request may mark.
+MAX_READ_IDS = 10_000
 
 
 def _ms_to_s(ms: int | None) -> float | None:
     return None if ms is None else ms / 1000
 
 
-def inbox_json(row: InboxRow, names: dict[NodeId, str]) -> dict[str, Any]:
+def inbox_json(row: InboxRow, names: dict[NodeId, str], request: bool) -> dict[str, Any]:
     return {
         "id": row.message_id.hex(),
         "from": str(row.sender),
@@ -48,7 +55,49 @@ def inbox_json(row: InboxRow, names: dict[NodeId, str]) -> dict[str, Any]:
         "kind": row.kind,
         "text": row.body if isinstance(row.body, str) else None,
         "read": row.read,
+        "request": request,
         "seq": row.seq,
+    }
+
+
+def chat_json(row: ChatRow) -> dict[str, Any]:
+    return {
+        "id": row.message_id.hex(),
+        "mine": row.mine,
+        "ts": row.ms / 1000,
+        "sent": row.timestamp_ms / 1000,
+        "text": row.text,
+        "read": row.read,
+        "state": None if row.state is None else _state_of(row.state, row.relayed_to),
+        "cursor": row.cursor,
+    }
+
+
+def conversation_json(row: ConversationRow, online: bool, requests: bool) -> dict[str, Any]:
+    return {
+        "peer": str(row.peer),
+        "name": row.name,
+        "contact": row.contact,
+        "blocked": row.blocked,
+        "request": requests and not row.contact,
+        "online": online,
+        "unread": row.unread,
+        "received": row.received,
+        "last": _ms_to_s(row.last_ms),
+        "last_text": row.last_text,
+        "last_mine": row.last_mine,
+    }
+
+
+def hit_json(hit: SearchHit, names: dict[NodeId, str]) -> dict[str, Any]:
+    return {
+        "id": hit.message_id.hex(),
+        "peer": str(hit.peer),
+        "peer_name": names.get(hit.peer),
+        "mine": hit.mine,
+        "ts": hit.ms / 1000,
+        "text": hit.text,
+        "snippet": hit.snippet,
     }
 
 
@@ -68,10 +117,30 @@ def outbox_json(row: OutboxRow) -> dict[str, Any]:
 
 
 def _state(row: OutboxRow) -> str:
+    return _state_of(row.state, row.relayed_to)
+
+
+def _state_of(state: OutboxState, relayed_to: int) -> str:
     """The outbox state as users see it: a message only relays hold is "relayed"."""
-    if row.state is OutboxState.SENT and row.relayed_to > 0:
+    if state is OutboxState.SENT and relayed_to > 0:
         return "relayed"
-    return row.state.value
+    return state.value
+
+
+def _message_ids(value: object, most: int) -> list[bytes]:
+    problem = f"ids must be a list of 1 to {most} hex message ids"
+    if not isinstance(value, list) or not 0 < len(value) <= most:
+        raise ApiError(400, problem)
+    out = []
+    for item in value:
+        try:
+            mid = bytes.fromhex(item) if isinstance(item, str) else b""
+        except ValueError:
+            mid = b""
+        if len(mid) != MESSAGE_ID_LEN:
+            raise ApiError(400, f"{problem}; {str(item)[:80]!r} is not one")
+        out.append(mid)
+    return out
 
 
 def _int_query(request: Request, name: str, lo: int, hi: int) -> int | None:
@@ -119,6 +188,16 @@ class Api:
         r.route("POST", "/v1/contacts/{peer}/block")(self.block)
         r.route("POST", "/v1/contacts/{peer}/unblock")(self.unblock)
         r.route("GET", "/v1/events")(self.event_stream)
+        r.route("GET", "/v1/conversations")(self.conversations)
+        r.route("GET", "/v1/conversations/{peer}")(self.conversation)
+        r.route("GET", "/v1/requests")(self.requests)
+        r.route("POST", "/v1/requests/{peer}/accept")(self.accept)
+        r.route("POST", "/v1/read")(self.read)
+        r.route("POST", "/v1/typing")(self.typing)
+        r.route("GET", "/v1/search")(self.search)
+        r.route("GET", "/v1/settings")(self.get_settings)
+        r.route("POST", "/v1/settings")(self.change_settings)
+        r.route("GET", "/v1/safety-number/{peer}")(self.safety)
         return r
 
     async def _store(self, fn: Any, *args: Any) -> Any:
@@ -207,9 +286,15 @@ class Api:
         peer = await self._resolve(request.query["peer"]) if "peer" in request.query else None
         limit = _int_query(request, "limit", 1, MAX_LIST) or DEFAULT_LIST
         after = _int_query(request, "after", 0, 1 << 62)
-        rows = await self._store(node.store.inbox, peer, limit, after, (int(MessageKind.RECEIPT),))
-        names = await self._names()
-        return json_response({"messages": [inbox_json(r, names) for r in rows]})
+        kinds = sorted(int(k) for k in RECEIPT_KINDS)
+        rows = await self._store(node.store.inbox, peer, limit, after, kinds)
+        contacts = await self._store(self.node.store.contacts)
+        names = {c.node_id: c.name for c in contacts if c.name}
+        known = {c.node_id for c in contacts}
+        requests = self.node.settings.accept is AcceptPolicy.REQUESTS
+        return json_response(
+            {"messages": [inbox_json(r, names, requests and r.sender not in known) for r in rows]}
+        )
 
     async def _names(self) -> dict[NodeId, str]:
         contacts = await self._store(self.node.store.contacts)
@@ -229,7 +314,7 @@ class Api:
             limit = _int_query(request, "limit", 1, MAX_LIST) or DEFAULT_LIST
             found = await self._store(node.store.outbox, limit)
         return json_response(
-            {"messages": [outbox_json(r) for r in found if r.kind != MessageKind.RECEIPT]}
+            {"messages": [outbox_json(r) for r in found if r.kind not in RECEIPT_KINDS]}
         )
 
     async def peers(self, request: Request) -> Response:
@@ -309,6 +394,93 @@ class Api:
     async def unblock(self, request: Request) -> Response:
         return await self._set_blocked(request, False)
 
+    # --- chat ---------------------------------------------------------------
+
+    async def _conversation_rows(self) -> list[dict[str, Any]]:
+        rows = await self._store(self.node.store.conversations)
+        online = self.node.connected()
+        requests = self.node.settings.accept is AcceptPolicy.REQUESTS
+        return [conversation_json(r, r.peer in online, requests) for r in rows]
+
+    async def conversations(self, request: Request) -> Response:
+        rows = [c for c in await self._conversation_rows() if not c["request"]]
+        return json_response({"conversations": [c for c in rows if not c["blocked"]]})
+
+    async def requests(self, request: Request) -> Response:
+        rows = await self._conversation_rows()
+        return json_response({"requests": [c for c in rows if c["request"]]})
+
+    async def conversation(self, request: Request) -> Response:
+        peer = await self._resolve(request.params["peer"])
+        limit = _int_query(request, "limit", 1, MAX_PAGE) or DEFAULT_PAGE
+        rows = await self._store(
+            self.node.store.conversation, peer, limit, request.query.get("before")
+        )
+        return json_response(
+            {
+                "peer": str(peer),
+                "messages": [chat_json(r) for r in rows],
+                # Older history continues before the first row of a full page.
+                "before": rows[0].cursor if len(rows) == limit else None,
+            }
+        )
+
+    async def accept(self, request: Request) -> Response:
+        peer = await self._resolve(request.params["peer"])
+        if await self._store(self.node.store.is_blocked, peer):
+            raise ApiError(
+                409, f"{peer} is blocked", f"unblock it first: p2pdm contacts unblock {peer}"
+            )
+        added = await self.node.accept_peer(peer)
+        return json_response({"id": str(peer), "accepted": True, "was_request": added})
+
+    async def read(self, request: Request) -> Response:
+        body = request.json()
+        if not isinstance(body, dict) or ("ids" in body) == ("peer" in body):
+            raise ApiError(400, 'body must be {"ids": [hex ids]} or {"peer": PEER}')
+        if "ids" in body:
+            ids, peer = _message_ids(body["ids"], MAX_READ_IDS), None
+        else:
+            ids, peer = [], await self._resolve(body["peer"])
+        try:
+            changed = await self.node.mark_read(ids, peer)
+        except StoreError as exc:
+            raise ApiError(507, f"not stored: {exc}") from None
+        return json_response({"read": [i.hex() for i in changed]})
+
+    async def typing(self, request: Request) -> Response:
+        body = request.json()
+        if not isinstance(body, dict) or not isinstance(body.get("active"), bool):
+            raise ApiError(400, 'body must be {"to": PEER, "active": true or false}')
+        to = await self._resolve(body.get("to"))
+        why_not = await self.node.send_typing(to, body["active"])
+        return json_response({"sent": why_not is None, "reason": why_not})
+
+    async def search(self, request: Request) -> Response:
+        text = request.query.get("q", "")
+        limit = _int_query(request, "limit", 1, MAX_PAGE) or DEFAULT_PAGE
+        peer = await self._resolve(request.query["peer"]) if "peer" in request.query else None
+        hits = await self._store(self.node.store.search, text, limit, peer)
+        names = await self._names()
+        return json_response({"results": [hit_json(h, names) for h in hits]})
+
+    async def get_settings(self, request: Request) -> Response:
+        return json_response(self.node.settings.to_json())
+
+    async def change_settings(self, request: Request) -> Response:
+        try:
+            new = await self.node.change_settings(request.json())
+        except ValueError as exc:
+            raise ApiError(400, str(exc)) from None
+        except StoreError as exc:
+            raise ApiError(507, f"not stored: {exc}") from None
+        return json_response(new.to_json())
+
+    async def safety(self, request: Request) -> Response:
+        peer = await self._resolve(request.params["peer"])
+        number = safety_number(self.node.identity.node_id, peer)
+        return json_response({"id": str(peer), "safety_number": number})
+
     async def event_stream(self, request: Request) -> Response:
         channel = self.node.events.subscribe()
 
@@ -365,13 +537,67 @@ OPENAPI: dict[str, Any] = {
         "/v1/contacts/{peer}": {"delete": _op("Forget a contact")},
         "/v1/contacts/{peer}/block": {"post": _op("Drop every message from this peer")},
         "/v1/contacts/{peer}/unblock": {"post": _op("Accept messages from this peer again")},
+        "/v1/conversations": {
+            "get": _op(
+                "Accepted conversations (contacts and everyone we wrote to), latest first: "
+                "{peer, name, contact, blocked, request, online, unread, received, last, "
+                "last_text, last_mine}"
+            )
+        },
+        "/v1/conversations/{peer}": {
+            "get": _op(
+                f"Text messages with a peer, both ways, oldest first; ?limit= (default "
+                f"{DEFAULT_PAGE}, at most {MAX_PAGE}) &before=CURSOR for older history. Each "
+                "has {id, mine, ts, sent, text, read, state, cursor}; `before` in the answer "
+                "is the cursor for the next older page, null at the start"
+            )
+        },
+        "/v1/requests": {
+            "get": _op(
+                "Message requests: strangers who wrote to us (with accept = requests), in "
+                "the shape of /v1/conversations"
+            )
+        },
+        "/v1/requests/{peer}/accept": {
+            "post": _op("Accept a request: the peer becomes a contact (409 if blocked)")
+        },
+        "/v1/read": {
+            "post": _op(
+                'Mark messages read: {"ids": [hex]} or {"peer": PEER} (all of theirs). Read '
+                "receipts go to accepted senders if the read_receipts setting is on. "
+                "Answers {read: [ids that were unread]}"
+            )
+        },
+        "/v1/typing": {
+            "post": _op(
+                'Tell a connected, accepted peer we are typing: {"to": PEER, "active": bool}. '
+                "Never stored or relayed; answers {sent, reason}"
+            )
+        },
+        "/v1/search": {
+            "get": _op(
+                "Full-text search of text messages both ways, newest first: ?q=WORDS "
+                "(each a word prefix) &peer= &limit=. Results {id, peer, peer_name, mine, "
+                "ts, text, snippet}"
+            )
+        },
+        "/v1/settings": {
+            "get": _op("Chat settings: {read_receipts, accept: everyone|contacts|requests}"),
+            "post": _op("Change chat settings (the fields given); answers the new settings"),
+        },
+        "/v1/safety-number/{peer}": {
+            "get": _op("The safety number to compare with a peer out of band")
+        },
         "/v1/events": {
             "get": _op(
-                "Server-sent events: hello, message (a new inbox message), delivered "
+                "Server-sent events: hello, message (a new inbox message, with request: true "
+                "from a stranger), sent ({id, to}: the recipient's node stored it), delivered "
                 "({id, by}), peer ({id, connected}), relayed ({id, to}: a relay holds a "
                 "copy of our message), refused ({id, by, reason}: a hop refused it), "
                 "held ({id, for}: we hold an envelope for someone else), released "
-                "({id, to}: our copy is done, its recipient has it)"
+                "({id, to}: our copy is done, its recipient has it), read ({id, by}: the "
+                "recipient saw our message), typing ({from, active, ts}: an accepted peer "
+                "is typing; shown until active is false or for a few seconds)"
             )
         },
     },

@@ -346,6 +346,70 @@ def cmd_contacts(home: Path, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _when(ts: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(ts))
+
+
+def cmd_requests(home: Path, args: argparse.Namespace) -> int:
+    for r in _client(home).get("/v1/requests")["requests"]:
+        if args.json:
+            print(json.dumps(r, ensure_ascii=False))
+        else:
+            last = _when(r["last"]) if r["last"] is not None else "-"
+            print(f"{r['peer']} {r['received']} message(s), last {last}: {r['last_text']}")
+    return EXIT_OK
+
+
+def cmd_accept(home: Path, args: argparse.Namespace) -> int:
+    answer = _client(home).post(f"/v1/requests/{_path_part(args.peer)}/accept", {})
+    print(answer["id"])
+    return EXIT_OK
+
+
+def cmd_read(home: Path, args: argparse.Namespace) -> int:
+    answer = _client(home).post("/v1/read", {"peer": args.peer})
+    print(f"{len(answer['read'])} message(s) marked read")
+    return EXIT_OK
+
+
+def cmd_search(home: Path, args: argparse.Namespace) -> int:
+    query: dict[str, object] = {"q": args.text}
+    if args.peer:
+        query["peer"] = args.peer
+    if args.limit is not None:
+        query["limit"] = args.limit
+    for hit in _client(home).get("/v1/search", **query)["results"]:
+        if args.json:
+            print(json.dumps(hit, ensure_ascii=False))
+        else:
+            who = hit["peer_name"] or hit["peer"][:12]
+            arrow = f"to {who}" if hit["mine"] else f"from {who}"
+            print(f"{_when(hit['ts'])} {arrow}: {hit['snippet']}")
+    return EXIT_OK
+
+
+def cmd_settings(home: Path, args: argparse.Namespace) -> int:
+    client = _client(home)
+    changes: dict[str, object] = {}
+    if args.read_receipts is not None:
+        changes["read_receipts"] = args.read_receipts == "on"
+    if args.accept is not None:
+        changes["accept"] = args.accept
+    settings = client.post("/v1/settings", changes) if changes else client.get("/v1/settings")
+    if args.json:
+        print(json.dumps(settings))
+    else:
+        print(f"read_receipts: {'on' if settings['read_receipts'] else 'off'}")
+        print(f"accept: {settings['accept']}")
+    return EXIT_OK
+
+
+def cmd_chat(home: Path, args: argparse.Namespace) -> int:
+    from p2pdm.chat import run_chat
+
+    return run_chat(home, args.peer)
+
+
 def _path_part(text: str) -> str:
     """`text` as one path segment: a name with "/" or "?" must not change the path."""
     return urllib.parse.quote(text, safe="")
@@ -482,6 +546,39 @@ def build_parser() -> argparse.ArgumentParser:
         c = csub.add_parser(action, help=text)
         c.add_argument("target", metavar="PEER")
     p.set_defaults(func=cmd_contacts)
+
+    p = sub.add_parser("chat", help="full-screen chat with the running node")
+    p.add_argument("peer", nargs="?", help="open this conversation first")
+    p.set_defaults(func=cmd_chat)
+
+    p = sub.add_parser("requests", help="message requests from people who are not contacts")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.set_defaults(func=cmd_requests)
+
+    p = sub.add_parser("accept", help="accept a message request (the peer becomes a contact)")
+    p.add_argument("peer", help="node id, unique prefix of one, or contact name")
+    p.set_defaults(func=cmd_accept)
+
+    p = sub.add_parser("read", help="mark a peer's messages read (sends read receipts if on)")
+    p.add_argument("peer", help="node id, unique prefix of one, or contact name")
+    p.set_defaults(func=cmd_read)
+
+    p = sub.add_parser("search", help="search messages both ways, newest first")
+    p.add_argument("text", help="words to find (each matches the start of a word)")
+    p.add_argument("--peer", help="only the conversation with this peer")
+    p.add_argument("--limit", type=int, help="at most N results (default 50)")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("settings", help="show or change chat settings")
+    p.add_argument("--read-receipts", choices=("on", "off"), help="send read receipts")
+    p.add_argument(
+        "--accept",
+        choices=("everyone", "contacts", "requests"),
+        help="whose messages reach the inbox (requests: strangers' wait for `accept`)",
+    )
+    p.add_argument("--json", action="store_true", help="one JSON object")
+    p.set_defaults(func=cmd_settings)
     return parser
 
 

@@ -58,6 +58,17 @@ class MessageKind(IntEnum):
     """A chat message; body is text."""
     RECEIPT = 2
     """End-to-end delivery receipt; body is {"ids": [message id, ...]}."""
+    READ = 3
+    """Read receipt: these messages were shown to the recipient's user;
+    body is {"ids": [message id, ...]}. Only sent while the setting allows."""
+    TYPING = 4
+    """Ephemeral: the sender is typing (or stopped); body is {"active": bool}.
+    Goes only in an EPHEMERAL frame to a connected peer: never stored or relayed."""
+
+
+# Kinds that report on other messages: they get no delivery receipt of their
+# own (the chain has to end) and are not listed as messages.
+RECEIPT_KINDS = frozenset({MessageKind.RECEIPT, MessageKind.READ})
 
 
 class EnvelopeError(ValueError):
@@ -112,13 +123,17 @@ def _check_body(kind: int, body: wire.Value) -> None:
             raise wire.WireError("a text message's body must be non-empty text")
         if len(body) > MAX_TEXT_LEN:
             raise wire.WireError(f"text is {len(body)} characters, over {MAX_TEXT_LEN}")
-    elif kind == MessageKind.RECEIPT:
+    elif kind in RECEIPT_KINDS:
         ids = wire.as_map(body, "receipt", required={"ids"})["ids"]
         if not isinstance(ids, list) or not ids:
             raise wire.WireError("receipt.ids must be a non-empty list")
         for mid in ids:
             if not isinstance(mid, bytes) or len(mid) != MESSAGE_ID_LEN:
                 raise wire.WireError(f"receipt.ids holds {MESSAGE_ID_LEN}-byte message ids")
+    elif kind == MessageKind.TYPING:
+        active = wire.as_map(body, "typing", required={"active"})["active"]
+        if not isinstance(active, bool):
+            raise wire.WireError("typing.active must be true or false")
 
 
 def seal(

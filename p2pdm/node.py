@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from p2pdm import __version__, envelope, wire
-from p2pdm.envelope import EnvelopeError, MessageKind
+from p2pdm.envelope import RECEIPT_KINDS, EnvelopeError, MessageKind
 from p2pdm.handshake import (
     PROTOCOL_VERSIONS,
     HandshakeError,
@@ -48,9 +48,11 @@ from p2pdm.peertable import PeerTable
 from p2pdm.reconcile import ReconcileError, Reconciler, is_start
 from p2pdm.session import (
     DEFAULT_WINDOW,
+    EPHEMERAL_FEATURE,
     AckReceived,
     AckStatus,
     ByeReceived,
+    EphemeralReceived,
     Hello,
     HelloReceived,
     NoticeReceived,
@@ -63,6 +65,7 @@ from p2pdm.session import (
     SessionError,
     State,
 )
+from p2pdm.settings import AcceptPolicy, ChatSettings
 from p2pdm.store import (
     AcceptResult,
     AddressSource,
@@ -147,6 +150,13 @@ NOTICE_DELAY = 1.0
 RECONCILE_MIN_GAP = 30.0
 RECONCILE_INTERVAL = 600.0
 RECONCILE_TIMEOUT = 60.0
+# Typing: its envelope expires after TTL (a relay that got one anyway drops
+# it soon); one older than STALE, or as far ahead, is ignored. Ephemeral
+# frames a peer may send us: per second, and at once (more are dropped).
+TYPING_TTL_MS = 30_000
+TYPING_STALE_MS = 10_000
+EPHEMERAL_RATE = 4.0
+EPHEMERAL_BURST = 8.0
 
 # Events kept for a slow event-stream subscriber before it is dropped.
 SUBSCRIBER_BUFFER = 1024
@@ -261,6 +271,8 @@ class BatchContext:
     node: Node
     now_ms: int
     receipts: dict[NodeId, list[bytes]] = field(default_factory=dict)
+    reads: dict[NodeId, list[bytes]] = field(default_factory=dict)
+    """Read receipts to seal, by the sender of the messages read."""
     events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     outgoing: list[Outgoing] = field(default_factory=list)
     received: int = 0
@@ -410,6 +422,28 @@ class SendTexts(Enqueue):
             self.invalid = str(exc)
             self.rows.clear()
 
+    def apply(self, store: Store, ctx: BatchContext) -> None:
+        super().apply(store, ctx)
+        if self.rows:
+            store.accept_peer(self.to, ctx.now_ms)  # writing to someone accepts them
+
+
+class MarkRead(Op):
+    """The user saw these messages (given ids, or all from `peer`): mark them
+    read, and queue read receipts to senders that may have them."""
+
+    def __init__(self, ids: list[bytes], peer: NodeId | None) -> None:
+        super().__init__()
+        self.ids, self.peer = ids, peer
+        self.changed: list[bytes] = []
+
+    def apply(self, store: Store, ctx: BatchContext) -> None:
+        node = ctx.node
+        for sender, ids in store.mark_read_by_sender(self.ids, peer=self.peer).items():
+            self.changed += ids
+            if node.settings.read_receipts and node.accepts(store, sender):
+                ctx.reads.setdefault(sender, []).extend(ids)
+
 
 class IncomingPush(Op):
     """An envelope a peer pushed; the ack status is decided inside the batch."""
@@ -438,11 +472,14 @@ class IncomingPush(Op):
                 else:
                     self.for_relay = outer
                 return
-            self.message = envelope.open_envelope(
-                node.identity, self.data, now_ms=now_ms, outer=outer
-            )
+            message = envelope.open_envelope(node.identity, self.data, now_ms=now_ms, outer=outer)
         except EnvelopeError as exc:
             self.reason = str(exc)
+            return
+        if message.kind == MessageKind.TYPING:
+            self.reason = "typing is ephemeral: it is never stored or relayed"
+        else:
+            self.message = message
 
     def _hold(self, outer: envelope.Outer, store: Store, ctx: BatchContext) -> None:
         """Relay role: keep the envelope for its recipient, within the quota."""
@@ -479,7 +516,8 @@ class IncomingPush(Op):
         msg = self.message
         if msg is None:
             return  # refused in prepare(); the reason is set
-        result = store.accept_incoming(msg, self.data, ctx.now_ms)
+        strangers = node.settings.accept is not AcceptPolicy.CONTACTS
+        result = store.accept_incoming(msg, self.data, ctx.now_ms, strangers=strangers)
         if result is AcceptResult.STORED:
             self.status = AckStatus.STORED
             self.holding = True
@@ -489,16 +527,21 @@ class IncomingPush(Op):
                 ctx.delivered += len(changed)
                 for mid in changed:
                     ctx.events.append(("delivered", {"id": mid.hex(), "by": str(msg.sender)}))
+            elif msg.kind == MessageKind.READ:
+                ids = _receipt_ids(msg.body)
+                for mid in store.mark_outbox_read(ids, ctx.now_ms, recipient=msg.sender):
+                    ctx.events.append(("read", {"id": mid.hex(), "by": str(msg.sender)}))
             else:
                 ctx.receipts.setdefault(msg.sender, []).append(msg.message_id)
-                ctx.events.append(("message", node.inbox_event(msg)))
+                request = not node.accepts(store, msg.sender)
+                ctx.events.append(("message", {**node.inbox_event(msg), "request": request}))
                 ctx.received += 1
         elif result is AcceptResult.DUPLICATE:
             self.status = AckStatus.DUPLICATE
             ctx.duplicates += 1
             if not store.is_blocked(msg.sender):
                 self.holding = True
-                if msg.kind != MessageKind.RECEIPT:
+                if msg.kind not in RECEIPT_KINDS:
                     # Our first receipt may have been lost: send another.
                     ctx.receipts.setdefault(msg.sender, []).append(msg.message_id)
         elif result is AcceptResult.BLOCKED:
@@ -545,10 +588,13 @@ class AckOutcome(Op):
                 store.mark_sent(row.message_id, ctx.now_ms, relay=self.peer)
                 ctx.events.append(("relayed", {"id": row.message_id.hex(), "to": str(self.peer)}))
         # A receipt needs no receipt: its recipient holding it is the end.
-        ends = [r.message_id for r in direct if r.kind == MessageKind.RECEIPT]
+        ends = [r.message_id for r in direct if r.kind in RECEIPT_KINDS]
         if ends:
             store.mark_delivered(ends, ctx.now_ms, recipient=self.peer)
-        store.mark_sent_many([r.message_id for r in direct if r.message_id not in ends], ctx.now_ms)
+        sent = [r.message_id for r in direct if r.message_id not in ends]
+        store.mark_sent_many(sent, ctx.now_ms)
+        for mid in sent:
+            ctx.events.append(("sent", {"id": mid.hex(), "to": str(self.peer)}))
 
 
 def _receipt_ids(body: Any) -> list[bytes]:
@@ -566,7 +612,9 @@ class PeerLink:
         self.node = node
         self.conn = conn
         self.peer = conn.peer
-        self.session = Session(Hello(node.config.window, node.config.relay, (), AGENT))
+        self.session = Session(
+            Hello(node.config.window, node.config.relay, (EPHEMERAL_FEATURE,), AGENT)
+        )
         self.in_flight: dict[int, Outgoing] = {}
         self._in_flight_ids: set[bytes] = set()
         # Messages to push, fed by the committer as they are committed and
@@ -584,6 +632,7 @@ class PeerLink:
         self.last_received = trio.current_time()
         self._pex_budget = TokenBucket(1 / PEX_MIN_GAP, 2.0, trio.current_time())
         self._notice_budget = TokenBucket(NOTICE_RATE, NOTICE_BURST, trio.current_time())
+        self._ephemeral_budget = TokenBucket(EPHEMERAL_RATE, EPHEMERAL_BURST, trio.current_time())
         # Delivery notices to send this peer; a full queue drops (notices are
         # an optimisation: copies also expire).
         self._notices_send, self._notices_recv = trio.open_memory_channel[bytes](64)
@@ -719,6 +768,11 @@ class PeerLink:
                     log.info(
                         "peer %s sends delivery notices too fast; one ignored", self.peer.short()
                     )
+            elif isinstance(event, EphemeralReceived):
+                if self._ephemeral_budget.take(trio.current_time()):
+                    await self.node.take_ephemeral(self.peer, event.envelope)
+                else:
+                    self.node.ephemeral_ignored += 1
             elif isinstance(event, PeersReceived):
                 if self._pex_budget.take(trio.current_time()):
                     await self.node.take_records(self, event.records)
@@ -1041,6 +1095,9 @@ class Node:
         self._store_lock = trio.Lock()
         self._nursery: trio.Nursery | None = None
         self.started_at = time.time()
+        self.settings = ChatSettings.load(store)
+        self.typing_received = 0
+        self.ephemeral_ignored = 0
 
     # store access: one thread at a time, off the event loop
     async def store_call(self, fn: Callable[..., Any], *args: Any) -> Any:
@@ -1443,22 +1500,112 @@ class Node:
             await trio.sleep(HOUSEKEEPING_INTERVAL)
 
     def seal_receipts(self, store: Store, ctx: BatchContext) -> None:
-        """Inside a batch: one receipt envelope per sender for what it committed."""
-        for sender, ids in ctx.receipts.items():
-            for start in range(0, len(ids), MAX_RECEIPT_IDS):
-                chunk = ids[start : start + MAX_RECEIPT_IDS]
-                ids_value: list[wire.Value] = list(chunk)
-                body: dict[wire.Key, wire.Value] = {"ids": ids_value}
-                sealed = envelope.seal(
-                    self.identity,
-                    sender,
-                    MessageKind.RECEIPT,
-                    body,
-                    timestamp_ms=ctx.now_ms,
-                    expires_ms=ctx.now_ms + self.config.ttl_ms,
-                )
-                outer = envelope.parse_outer(sealed)
-                Enqueue([(sealed, outer, MessageKind.RECEIPT, body)]).apply(store, ctx)
+        """Inside a batch: one delivery receipt per sender for what it committed,
+        and one read receipt per sender for what the user saw."""
+        for kind, by_sender in ((MessageKind.RECEIPT, ctx.receipts), (MessageKind.READ, ctx.reads)):
+            for sender, ids in by_sender.items():
+                for start in range(0, len(ids), MAX_RECEIPT_IDS):
+                    chunk = ids[start : start + MAX_RECEIPT_IDS]
+                    ids_value: list[wire.Value] = list(chunk)
+                    body: dict[wire.Key, wire.Value] = {"ids": ids_value}
+                    sealed = envelope.seal(
+                        self.identity,
+                        sender,
+                        kind,
+                        body,
+                        timestamp_ms=ctx.now_ms,
+                        expires_ms=ctx.now_ms + self.config.ttl_ms,
+                    )
+                    outer = envelope.parse_outer(sealed)
+                    Enqueue([(sealed, outer, kind, body)]).apply(store, ctx)
+
+    # --- chat: who is accepted, read receipts, typing --------------------------
+
+    def accepts(self, store: Store, peer: NodeId) -> bool:
+        """May `peer` get our read receipts and typing, and show its typing?
+
+        Not if blocked; otherwise if everyone is accepted, or it is a contact
+        (the user accepted its request, or wrote to it first).
+        """
+        if self.settings.accept is AcceptPolicy.EVERYONE:
+            return not store.is_blocked(peer)
+        return store.is_accepted(peer)
+
+    async def change_settings(self, changes: object) -> ChatSettings:
+        """Apply and persist setting changes (ValueError: nothing changed)."""
+        new = self.settings.updated(changes)
+        await self.store_call(new.save, self.store)
+        self.settings = new
+        return new
+
+    async def accept_peer(self, peer: NodeId) -> bool:
+        """The user accepts `peer`'s message request (makes it a contact)."""
+        added: bool = await self.store_call(self.store.accept_peer, peer, self.now_ms())
+        return added
+
+    async def mark_read(self, ids: list[bytes], peer: NodeId | None = None) -> list[bytes]:
+        """Mark messages read; read receipts go out as the settings allow.
+        Returns the ids that were unread."""
+        op = MarkRead(ids, peer)
+        await self.committer.submit(op)
+        await op.done.wait()
+        if op.error is not None:
+            raise StoreError(op.error)
+        return op.changed
+
+    async def send_typing(self, peer: NodeId, active: bool) -> str | None:
+        """Tell a connected, accepted peer that we are typing (or stopped).
+
+        Never stored, never relayed: returns why nothing was sent, or None.
+        """
+        if not await self.store_call(self.accepts, self.store, peer):
+            return "not an accepted contact (blocked, or a request not accepted)"
+        link = self.links.get(peer)
+        if link is None or not link.opened.is_set():
+            return "not connected"
+        hello = link.session.peer_hello
+        if hello is None or EPHEMERAL_FEATURE not in hello.features:
+            return "the peer's version does not show typing"
+        now = self.now_ms()
+        sealed = envelope.seal(
+            self.identity,
+            peer,
+            MessageKind.TYPING,
+            {"active": active},
+            timestamp_ms=now,
+            expires_ms=now + TYPING_TTL_MS,
+        )
+        try:
+            await link.conn.send(link.session.ephemeral_frame(sealed))
+        except (ConnectionClosed, TransportError) as exc:
+            return f"connection lost: {exc}"
+        return None
+
+    async def take_ephemeral(self, peer: NodeId, data: bytes) -> None:
+        """An EPHEMERAL frame from `peer`: a fresh typing signal from an
+        accepted peer becomes a "typing" event; anything else is dropped."""
+        now = self.now_ms()
+        try:
+            msg = envelope.open_envelope(self.identity, data, now_ms=now)
+        except EnvelopeError as exc:
+            log.info("ephemeral envelope from %s dropped: %s", peer.short(), exc)
+            self.ephemeral_ignored += 1
+            return
+        fresh = abs(now - msg.timestamp_ms) <= TYPING_STALE_MS
+        if (
+            msg.kind != MessageKind.TYPING
+            or msg.sender != peer  # never relayed: it comes from its sender
+            or not fresh
+            or not isinstance(msg.body, dict)
+            or not await self.store_call(self.accepts, self.store, peer)
+        ):
+            self.ephemeral_ignored += 1
+            return
+        self.typing_received += 1
+        self.events.publish(
+            "typing",
+            {"from": str(peer), "active": msg.body["active"], "ts": msg.timestamp_ms / 1000},
+        )
 
     # --- what the API calls ---------------------------------------------------
 

@@ -10,6 +10,9 @@ Each transport frame carries one CBOR map with a type code "t":
     PONG   {"t": 5, "n": nonce}
     BYE    {"t": 6, "r": reason}
     PEERS  {"t": 7, "recs": [bytes]}   (signed peer records, see peerrecord.py)
+    RECON  {"t": 8, "q": bool, "m": map}  (relay reconciliation, see reconcile.py)
+    NOTICE {"t": 9, "notice": bytes}  (a signed delivery notice, see notice.py)
+    EPHEMERAL {"t": 10, "env": envelope bytes}  (never acked, stored or relayed)
 
 Both sides send HELLO first; nothing else is accepted before it. PUSH
 sequence numbers start at 0 and go up by one per push in each direction.
@@ -54,6 +57,8 @@ MAX_PEER_RECORDS = 32
 MAX_PEER_RECORD_SIZE = 1024
 # A delivery notice (p2pdm.notice) lists at most 256 ids: well under this.
 MAX_NOTICE_SIZE = 16 * 1024
+# Ephemeral envelopes carry a few bytes of body (typing): 2 KiB is ample.
+MAX_EPHEMERAL_SIZE = 2048
 
 
 class FrameType(IntEnum):
@@ -75,6 +80,14 @@ class FrameType(IntEnum):
     """One message of relay-to-relay set reconciliation (p2pdm.reconcile)."""
     NOTICE = 9
     """A recipient's signed delivery notice, passed on unchanged."""
+    EPHEMERAL = 10
+    """An envelope for the peer itself that is shown if fresh and then forgotten
+    (typing): no ACK, never stored, never relayed. Sent only to peers whose
+    HELLO lists the EPHEMERAL_FEATURE."""
+
+
+# The HELLO feature that says a peer reads EPHEMERAL frames.
+EPHEMERAL_FEATURE = "ephemeral"
 
 
 class AckStatus(IntEnum):
@@ -170,6 +183,12 @@ class ReconReceived:
 
 
 @dataclass(frozen=True)
+class EphemeralReceived:
+    envelope: bytes
+    """Unopened: the caller opens and checks it (p2pdm.envelope)."""
+
+
+@dataclass(frozen=True)
 class NoticeReceived:
     notice: bytes
     """Unverified: the caller checks the signature (p2pdm.notice)."""
@@ -185,6 +204,7 @@ Event = (
     | PeersReceived
     | NoticeReceived
     | ReconReceived
+    | EphemeralReceived
 )
 
 
@@ -313,6 +333,13 @@ class Session:
             raise SessionUsageError(f"a notice is 1 to {MAX_NOTICE_SIZE} bytes")
         return wire.encode({"t": FrameType.NOTICE, "notice": notice})
 
+    def ephemeral_frame(self, envelope: bytes) -> bytes:
+        """An envelope the peer shows if fresh and forgets (see FrameType.EPHEMERAL)."""
+        self._require_open()
+        if not 0 < len(envelope) <= MAX_EPHEMERAL_SIZE:
+            raise SessionUsageError(f"an ephemeral envelope is 1 to {MAX_EPHEMERAL_SIZE} bytes")
+        return wire.encode({"t": FrameType.EPHEMERAL, "env": envelope})
+
     def bye_frame(self, reason: str) -> bytes:
         """The last frame: say why, then close. Valid in any state."""
         self.state = State.CLOSED
@@ -378,6 +405,12 @@ class Session:
             if not notice:
                 raise SessionError("NOTICE.notice is empty")
             return NoticeReceived(notice)
+        if kind == FrameType.EPHEMERAL:
+            fields = wire.as_map(doc, "EPHEMERAL", required={"t", "env"})
+            env = wire.field_bytes(fields, "env", "EPHEMERAL", max_size=MAX_EPHEMERAL_SIZE)
+            if not env:
+                raise SessionError("EPHEMERAL.env is empty")
+            return EphemeralReceived(env)
         if kind == FrameType.HELLO:
             raise SessionError("HELLO sent twice")
         raise SessionError(f"unknown frame type {kind}")

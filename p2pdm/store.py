@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import re
 import sqlite3
 import threading
 import unicodedata
@@ -78,11 +79,18 @@ MAX_META_VALUE_SIZE = 64 * 1024
 # Wait this long for another connection's lock (a `p2pdm` command reading the
 # database while the daemon writes) before failing with "database is locked".
 BUSY_TIMEOUT_MS = 5000
+# Search: words taken from a query, and the longest word kept.
+MAX_SEARCH_WORDS = 16
+MAX_SEARCH_WORD_LEN = 64
+_WORD = re.compile(r"\w+")
+# The message kind that people write; only it is searched and listed in chats.
+# Same as envelope.MessageKind.TEXT (a test checks they agree).
+TEXT_KIND = 1
 # A call from a second thread waits this long for a running batch; longer
 # than any batch takes even on a slow disk, so hitting it means a stuck caller.
 LOCK_WAIT_S = 60.0
-# Upsert (INSERT ... ON CONFLICT DO ...) needs SQLite 3.24.
-MIN_SQLITE_VERSION = (3, 24, 0)
+# Upsert needs SQLite 3.24, UPDATE ... RETURNING 3.35.
+MIN_SQLITE_VERSION = (3, 35, 0)
 # "p2dm" in PRAGMA application_id tells our files from other SQLite files.
 APPLICATION_ID = int.from_bytes(b"p2dm", "big")
 
@@ -230,6 +238,28 @@ MIGRATIONS: tuple[str, ...] = (
         expires_ms INTEGER NOT NULL
     ) WITHOUT ROWID;
     CREATE INDEX delivered_by_expiry ON delivered (expires_ms);
+    """,
+    """
+    -- Full-text search over text messages both ways, written in the same
+    -- transaction as the rows it indexes. p2pdm_text() is a function the
+    -- store registers on its connection (CBOR body -> text).
+    CREATE VIRTUAL TABLE search USING fts5 (
+        text, peer UNINDEXED, mine UNINDEXED, message_id UNINDEXED,
+        tokenize = 'unicode61 remove_diacritics 2'
+    );
+    INSERT INTO search (text, peer, mine, message_id)
+        SELECT text, peer, mine, message_id FROM (
+            SELECT p2pdm_text(body) AS text, sender AS peer, 0 AS mine, message_id,
+                received_ms AS ms FROM inbox WHERE kind = 1
+            UNION ALL
+            SELECT p2pdm_text(body), recipient, 1, message_id, created_ms
+                FROM outbox WHERE kind = 1
+        ) ORDER BY ms;
+    -- Conversation views: one peer's messages by local time, both ways, and
+    -- the list of conversations from the indexes alone (no message bodies).
+    CREATE INDEX inbox_by_sender_time ON inbox (sender, kind, received_ms);
+    CREATE INDEX outbox_by_recipient_time ON outbox (recipient, kind, created_ms);
+    CREATE INDEX inbox_unread ON inbox (sender, kind) WHERE read = 0;
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -381,6 +411,57 @@ class OutboxRow:
 
 
 @dataclass(frozen=True)
+class ChatRow:
+    """One text message of a conversation, either way, at local time `ms`."""
+
+    mine: bool
+    seq: int
+    message_id: bytes
+    ms: int
+    """Local time: when we received it, or when we sent it."""
+    timestamp_ms: int
+    """The sender's time stamp (ours for our own messages)."""
+    text: str
+    read: bool
+    """Received messages: the user has seen it. Ours: always True."""
+    state: OutboxState | None
+    """Ours only."""
+    relayed_to: int
+
+    @property
+    def cursor(self) -> str:
+        """Where a page that ends at this row continues (see `conversation`)."""
+        return f"{self.ms}.{int(self.mine)}.{self.seq}"
+
+
+@dataclass(frozen=True)
+class ConversationRow:
+    """A peer we have messages with, or a contact, for a list of chats."""
+
+    peer: NodeId
+    name: str | None
+    contact: bool
+    blocked: bool
+    last_ms: int | None
+    last_text: str | None
+    last_mine: bool
+    unread: int
+    received: int
+    """Text messages received from the peer."""
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    peer: NodeId
+    mine: bool
+    message_id: bytes
+    ms: int
+    text: str
+    snippet: str
+    """The matching part, with the matched words between [ and ]."""
+
+
+@dataclass(frozen=True)
 class ContactRow:
     node_id: NodeId
     name: str | None
@@ -482,6 +563,27 @@ def _split_sql(script: str) -> list[str]:
     if script[start:].strip():
         statements.append(script[start:])  # incomplete: SQLite will say so
     return statements
+
+
+def _text_of(blob: bytes) -> str | None:
+    """p2pdm_text() in SQL: a stored body's text, or NULL if it is not text."""
+    try:
+        value = wire.decode(blob)
+    except wire.WireError:
+        return None
+    return value if isinstance(value, str) else None
+
+
+def _search_query(text: str) -> str:
+    """What a person typed, as an FTS5 query: every word, each as a prefix.
+
+    Only words go through (quoted), so FTS5's query syntax cannot be
+    triggered by accident and no input makes the query fail.
+    """
+    words = [w for w in _WORD.findall(unicodedata.normalize("NFKC", text)) if w][:MAX_SEARCH_WORDS]
+    if not words:
+        raise StoreError("search for at least one word (letters or digits)")
+    return " ".join(f'"{w[:MAX_SEARCH_WORD_LEN]}"*' for w in words)
 
 
 def _decode_body(blob: bytes) -> wire.Value:
@@ -606,6 +708,7 @@ class Store:
     def _configure(self, wal: bool) -> None:
         conn = self._c()
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        conn.create_function("p2pdm_text", 1, _text_of, deterministic=True)
         conn.execute("PRAGMA foreign_keys = ON")
         if wal:
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
@@ -810,11 +913,14 @@ class Store:
     # --- seen ids and inbox ----------------------------------------------
 
     @_db
-    def accept_incoming(self, msg: Message, envelope_bytes: bytes, now_ms: int) -> AcceptResult:
+    def accept_incoming(
+        self, msg: Message, envelope_bytes: bytes, now_ms: int, *, strangers: bool = True
+    ) -> AcceptResult:
         """Store an opened message once per id; say what was done with it.
 
         `envelope_bytes` are the exact bytes received, kept with the message
-        so it can be re-verified or exported later.
+        so it can be re-verified or exported later. With `strangers` False,
+        a sender that is not a contact is dropped like a blocked one.
         """
         _check_ms(now_ms, "now_ms")
         message_id = _check_id(msg.message_id)
@@ -831,7 +937,8 @@ class Store:
             )
             if cur.rowcount != 1:
                 return AcceptResult.DUPLICATE
-            if self._blocked(msg.sender.public_key):
+            contact = self._contact(msg.sender.public_key)
+            if (contact is not None and contact[0]) or (contact is None and not strangers):
                 return AcceptResult.BLOCKED
             conn.execute(
                 "INSERT INTO inbox (message_id, sender, recipient, ts_ms, expires_ms,"
@@ -848,6 +955,11 @@ class Store:
                     bytes(envelope_bytes),
                 ),
             )
+            if msg.kind == TEXT_KIND and isinstance(msg.body, str):
+                conn.execute(
+                    "INSERT INTO search (text, peer, mine, message_id) VALUES (?, ?, 0, ?)",
+                    (msg.body, msg.sender.public_key, message_id),
+                )
         return AcceptResult.STORED
 
     @_db
@@ -931,19 +1043,34 @@ class Store:
         )
         return None if row is None else bytes(row[0])
 
-    @_db
     def mark_read(self, message_ids: Iterable[bytes]) -> list[bytes]:
         """Mark received messages read; returns the ids that were unread before."""
+        return [mid for ids in self.mark_read_by_sender(message_ids).values() for mid in ids]
+
+    @_db
+    def mark_read_by_sender(
+        self, message_ids: Iterable[bytes] = (), *, peer: NodeId | None = None
+    ) -> dict[NodeId, list[bytes]]:
+        """Mark messages read (the given ids, or all of `peer`'s); returns
+        the ones that were unread before, by sender, for read receipts."""
         ids = _id_list(message_ids)
-        changed = []
+        changed: dict[NodeId, list[bytes]] = {}
         with self._write() as conn:
+            if peer is not None:
+                rows = conn.execute(
+                    "UPDATE inbox SET read = 1 WHERE sender = ? AND read = 0"
+                    " RETURNING message_id, seq",
+                    (_check_node(peer),),
+                ).fetchall()
+                changed[peer] = [r[0] for r in sorted(rows, key=lambda r: r[1])]
             for mid in ids:
-                cur = conn.execute(
-                    "UPDATE inbox SET read = 1 WHERE message_id = ? AND read = 0", (mid,)
-                )
-                if cur.rowcount:
-                    changed.append(mid)
-        return changed
+                row = conn.execute(
+                    "UPDATE inbox SET read = 1 WHERE message_id = ? AND read = 0 RETURNING sender",
+                    (mid,),
+                ).fetchone()
+                if row is not None:
+                    changed.setdefault(NodeId(row[0]), []).append(mid)
+        return {sender: mids for sender, mids in changed.items() if mids}
 
     @_db
     def inbox_count(self, *, unread_only: bool = False) -> int:
@@ -997,6 +1124,11 @@ class Store:
                     OutboxState.QUEUED.value,
                 ),
             )
+            if cur.rowcount == 1 and kind == TEXT_KIND and isinstance(body, str):
+                conn.execute(
+                    "INSERT INTO search (text, peer, mine, message_id) VALUES (?, ?, 1, ?)",
+                    (body, recipient.public_key, message_id),
+                )
             return cur.rowcount == 1
 
     @_db
@@ -1300,9 +1432,38 @@ class Store:
         return self._blocked(_check_node(node_id))
 
     def _blocked(self, key: bytes) -> bool:
-        row = self._c().execute("SELECT blocked FROM contacts WHERE node_id = ?", (key,))
-        found = row.fetchone()
+        found = self._contact(key)
         return found is not None and bool(found[0])
+
+    def _contact(self, key: bytes) -> tuple[int] | None:
+        """(blocked,) for a contact, None for a stranger."""
+        row: tuple[int] | None = (
+            self._c().execute("SELECT blocked FROM contacts WHERE node_id = ?", (key,)).fetchone()
+        )
+        return row
+
+    @_db
+    def is_accepted(self, node_id: NodeId) -> bool:
+        """A contact that is not blocked (messages from anyone else are requests)."""
+        found = self._contact(_check_node(node_id))
+        return found is not None and not found[0]
+
+    @_db
+    def accept_peer(self, node_id: NodeId, now_ms: int) -> bool:
+        """Make a stranger an (unnamed) contact; False if it already was one.
+
+        Called when the user accepts a request or writes to someone first.
+        A blocked peer stays blocked: unblocking is its own decision.
+        """
+        key = _check_node(node_id)
+        _check_ms(now_ms, "now_ms")
+        with self._write() as conn:
+            cur = conn.execute(
+                "INSERT INTO contacts (node_id, added_ms) VALUES (?, ?)"
+                " ON CONFLICT (node_id) DO NOTHING",
+                (key, now_ms),
+            )
+            return cur.rowcount == 1
 
     @_db
     def contacts(self) -> list[ContactRow]:
@@ -1312,6 +1473,155 @@ class Store:
             " ORDER BY name IS NULL, name, node_id"
         )
         return [ContactRow(NodeId(r[0]), r[1], bool(r[2]), r[3]) for r in rows]
+
+    # --- chat views: conversations, requests, search ---------------------
+
+    @_db
+    def conversations(self) -> list[ConversationRow]:
+        """Contacts and everyone we exchanged text with, latest activity first.
+
+        Strangers (not contacts) are message requests: `contact` is False.
+        """
+        c = self._c()
+        peers: dict[bytes, dict[str, Any]] = {}
+
+        def entry(key: bytes) -> dict[str, Any]:
+            return peers.setdefault(
+                key,
+                {
+                    "name": None,
+                    "contact": False,
+                    "blocked": False,
+                    "in_ms": None,
+                    "out_ms": None,
+                    "unread": 0,
+                    "received": 0,
+                },
+            )
+
+        for key, name, blocked in c.execute("SELECT node_id, name, blocked FROM contacts"):
+            e = entry(key)
+            e.update(name=name, contact=True, blocked=bool(blocked))
+        for key, last, count in c.execute(
+            "SELECT sender, max(received_ms), count(*) FROM inbox"
+            f" WHERE kind = {TEXT_KIND} GROUP BY sender"
+        ):
+            entry(key).update(in_ms=last, received=count)
+        for key, unread in c.execute(
+            f"SELECT sender, count(*) FROM inbox WHERE read = 0 AND kind = {TEXT_KIND}"
+            " GROUP BY sender"
+        ):
+            entry(key)["unread"] = unread
+        for key, last in c.execute(
+            f"SELECT recipient, max(created_ms) FROM outbox WHERE kind = {TEXT_KIND}"
+            " GROUP BY recipient"
+        ):
+            entry(key)["out_ms"] = last
+        out = []
+        for key, e in peers.items():
+            text, mine, last = None, False, None
+            if e["in_ms"] is not None or e["out_ms"] is not None:
+                mine = e["out_ms"] is not None and (e["in_ms"] is None or e["out_ms"] >= e["in_ms"])
+                table, who, ms = (
+                    ("outbox", "recipient", "created_ms")
+                    if mine
+                    else ("inbox", "sender", "received_ms")
+                )
+                body, last = c.execute(
+                    f"SELECT body, {ms} FROM {table} WHERE {who} = ? AND kind = {TEXT_KIND}"
+                    f" ORDER BY {ms} DESC, seq DESC LIMIT 1",
+                    (key,),
+                ).fetchone()
+                text = _text_of(body)
+            out.append(
+                ConversationRow(
+                    NodeId(key),
+                    e["name"],
+                    e["contact"],
+                    e["blocked"],
+                    last,
+                    text,
+                    mine,
+                    e["unread"],
+                    e["received"],
+                )
+            )
+        out.sort(key=lambda r: (r.last_ms is None, -(r.last_ms or 0), r.name or "", str(r.peer)))
+        return out
+
+    @_db
+    def conversation(self, peer: NodeId, limit: int, before: str | None = None) -> list[ChatRow]:
+        """The latest `limit` text messages with `peer`, both ways, oldest first.
+
+        `before` is a row's `cursor`: the page then ends just before that row,
+        so a view loads older history as its user scrolls up.
+        """
+        key = _check_node(peer)
+        limit = self._check_limit(limit)
+        bound: tuple[int, int, int] = (MAX_TIME_MS + 1, 2, 0)
+        if before is not None:
+            parts = before.split(".") if isinstance(before, str) else []
+            if len(parts) != 3 or not all(
+                p.isascii() and p.isdigit() and len(p) <= 19 for p in parts
+            ):
+                raise StoreError(f"bad cursor {before!r}: use a message's cursor")
+            bound = (int(parts[0]), int(parts[1]), int(parts[2]))
+        rows = (
+            self._c()
+            .execute(
+                "SELECT * FROM ("
+                " SELECT received_ms AS ms, 0 AS mine, seq, message_id, ts_ms, body, read,"
+                "  NULL AS state, 0 AS relayed_to FROM inbox"
+                f"  WHERE sender = ? AND kind = {TEXT_KIND} AND (received_ms, 0, seq) < (?, ?, ?)"
+                " UNION ALL"
+                " SELECT created_ms, 1, seq, message_id, created_ms, body, 1, state, relayed_to"
+                f"  FROM outbox WHERE recipient = ? AND kind = {TEXT_KIND}"
+                "  AND (created_ms, 1, seq) < (?, ?, ?)"
+                ") ORDER BY ms DESC, mine DESC, seq DESC LIMIT ?",
+                (key, *bound, key, *bound, limit),
+            )
+            .fetchall()
+        )
+        rows.reverse()
+        return [
+            ChatRow(
+                mine=bool(r[1]),
+                seq=r[2],
+                message_id=r[3],
+                ms=r[0],
+                timestamp_ms=r[4],
+                text=_text_of(r[5]) or "",
+                read=bool(r[6]),
+                state=None if r[7] is None else OutboxState(r[7]),
+                relayed_to=r[8],
+            )
+            for r in rows
+        ]
+
+    @_db
+    def search(self, text: str, limit: int, peer: NodeId | None = None) -> list[SearchHit]:
+        """Text messages either way that hold every word of `text` (as word
+        prefixes, ignoring case and accents), newest first."""
+        query = _search_query(text)
+        limit = self._check_limit(limit)
+        sql = (
+            "SELECT s.peer, s.mine, s.message_id, coalesce(i.received_ms, o.created_ms), s.text,"
+            " snippet(search, 0, '[', ']', '…', 12)"
+            " FROM search s"
+            " LEFT JOIN inbox i ON s.mine = 0 AND i.message_id = s.message_id"
+            " LEFT JOIN outbox o ON s.mine = 1 AND o.message_id = s.message_id"
+            " WHERE search MATCH ?"
+        )
+        args: list[object] = [query]
+        if peer is not None:
+            sql += " AND s.peer = ?"
+            args.append(_check_node(peer))
+        sql += " ORDER BY s.rowid DESC LIMIT ?"
+        args.append(limit)
+        return [
+            SearchHit(NodeId(r[0]), bool(r[1]), r[2], r[3] or 0, r[4], r[5])
+            for r in self._c().execute(sql, args)
+        ]
 
     @_db
     def resolve_peer(self, text: str) -> NodeId:

@@ -92,3 +92,51 @@ async def test_lists_without_a_limit_are_bounded(
             )
             assert [m["text"] for m in outbox["messages"]] == [f"m{i}" for i in range(3, 8)]
             nursery.cancel_scope.cancel()
+
+
+async def test_chat_routes_refuse_bad_input_with_a_reason_and_change_nothing(
+    tmp_path: Path,
+) -> None:
+    node = make_node(tmp_path, "n")
+    other = make_node(tmp_path, "o")
+    peer = str(other.identity.node_id)
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(node.run)
+            await nursery.start(serve_unix, tmp_path / "api.sock", Api(node).router())
+            client = ApiClient(tmp_path / "api.sock", timeout=DEADLINE)
+            cases: list[tuple[str, tuple[Any, ...], dict[str, Any], int, str]] = [
+                ("get", ("/v1/search",), {"q": "!!"}, 400, "at least one word"),
+                ("get", ("/v1/search",), {}, 400, "at least one word"),
+                ("get", (f"/v1/conversations/{peer}",), {"before": "x"}, 400, "cursor"),
+                ("get", (f"/v1/conversations/{peer}",), {"limit": "501"}, 400, "limit"),
+                ("post", ("/v1/read", {"ids": ["zz"]}), {}, 400, "hex message ids"),
+                ("post", ("/v1/read", {"ids": []}), {}, 400, "hex message ids"),
+                ("post", ("/v1/read", {"ids": ["00" * 32], "peer": peer}), {}, 400, "or"),
+                ("post", ("/v1/typing", {"to": peer}), {}, 400, "active"),
+                ("post", ("/v1/settings", {"accept": "friends"}), {}, 400, "one of"),
+                ("post", ("/v1/settings", {"read_receipts": 1}), {}, 400, "true or false"),
+                ("post", ("/v1/settings", {"colour": "red"}), {}, 400, "unknown setting"),
+                ("post", ("/v1/settings", []), {}, 400, "JSON object"),
+            ]
+            for method, args, query, status, reason in cases:
+                refused = await answer(client, method, *args, **query)
+                assert (refused.status, reason in str(refused)) == (status, True), args
+            assert node.settings.to_json() == {"read_receipts": True, "accept": "requests"}
+
+            await node.store_call(node.store.set_blocked, other.identity.node_id, True, 1)
+            refused = await answer(client, "post", f"/v1/requests/{peer}/accept", {})
+            assert refused.status == 409
+            assert "unblock it first" in str(refused)
+
+            typing = await trio.to_thread.run_sync(
+                client.post, "/v1/typing", {"to": peer, "active": True}
+            )
+            assert typing == {
+                "sent": False,
+                "reason": "not an accepted contact (blocked, or a request not accepted)",
+            }
+            number = await trio.to_thread.run_sync(client.get, f"/v1/safety-number/{peer}")
+            assert len(number["safety_number"].split()) == 12
+            nursery.cancel_scope.cancel()
+    other.store.close()
