@@ -56,7 +56,7 @@ HELP = """Commands:
   /rename NAME      name the open conversation's peer
   /accept           accept this message request
   /block, /unblock  drop (or take again) this peer's messages
-  /safety           this peer's safety number, to compare out of band
+  /safety           the safety number to compare with this peer
   /search WORDS     search all messages (also Ctrl+F)
   /receipts on|off  send read receipts or not
   /help             this list
@@ -276,6 +276,8 @@ class ChatApp(App[int]):
         self.typing_sent_at = 0.0
         self.typing_active = False
         self.node_lost = False
+        self.away = False
+        """The terminal window lost focus: what arrives is shown, not read."""
         self.changed = asyncio.Event()
         """Set after every change the app shows (tests wait on it)."""
         self._stop = threading.Event()
@@ -370,7 +372,8 @@ class ChatApp(App[int]):
                 await self.show_messages(
                     [{"id": data["id"], "mine": False, "ts": time.time(), "text": data["text"]}]
                 )
-                await self.api("post", "/v1/read", {"ids": [data["id"]]})
+                if not self.away:
+                    await self.api("post", "/v1/read", {"ids": [data["id"]]})
             self.refresh_sidebar_soon()
             self._show_typing()
         elif name in ("sent", "relayed", "delivered", "read"):
@@ -395,6 +398,19 @@ class ChatApp(App[int]):
             self._show_typing()
         self.bump()
 
+    def on_app_blur(self) -> None:
+        self.away = True
+        self.bump()
+
+    async def on_app_focus(self) -> None:
+        # Back at the window: what the open conversation shows is now seen.
+        was_away, self.away = self.away, False
+        c = self.conversations.get(self.peer) if self.peer is not None else None
+        if was_away and c is not None and c.unread:
+            await self.api("post", "/v1/read", {"peer": c.peer})
+            self.refresh_sidebar_soon()
+        self.bump()
+
     # --- the sidebar -------------------------------------------------------
 
     def refresh_sidebar_soon(self) -> None:
@@ -416,7 +432,7 @@ class ChatApp(App[int]):
                 row["peer"],
                 row["name"],
                 row["online"],
-                0 if row["peer"] == self.peer else row["unread"],
+                0 if row["peer"] == self.peer and not self.away else row["unread"],
                 row["request"],
                 row["last_text"],
             )

@@ -12,6 +12,8 @@ import asyncio
 import os
 from typing import TYPE_CHECKING
 
+from textual import events
+
 from p2pdm.chat import ChatApp
 from tests.nodeproc import NodeProcess, cli, init_home, json_lines
 
@@ -112,6 +114,18 @@ async def conversation(a: NodeProcess, b: NodeProcess, a_id: str, b_id: str) -> 
         await pb.press("enter")
         await until(app_b, lambda: app_b.screen is app_b.screen_stack[0], "search closed")
         assert app_b.peer == a_id
+
+        # While b's terminal is not focused, a message is shown but not read;
+        # it is read (and a sees it) once b's window has the focus again.
+        app_b.post_message(events.AppBlur())
+        await until(app_b, lambda: app_b.away, "b away")
+        await type_text(pa, "still there?")
+        await pa.press("enter")
+        await until(app_b, lambda: app_b.shown_messages()[-1].endswith("still there?"), "shown")
+        await until(app_a, lambda: app_a.shown_messages()[-1].endswith("delivered"), "delivered")
+        await until(app_b, lambda: app_b.sidebar_lines == [f"● {a_id[:10]} (1)"], "unread")
+        app_b.post_message(events.AppFocus())
+        await until(app_a, lambda: app_a.shown_messages()[-1].endswith("✓✓ read"), "read")
 
 
 def test_history_loads_older_pages_when_scrolled_to_the_top(
