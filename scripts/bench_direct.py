@@ -40,10 +40,11 @@ def rss_kib(pid: int, field: str) -> int:
     return 0
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far."""
+def cpu_times(pid: int) -> tuple[float, float]:
+    """User and system CPU time of a process so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
 
 
 def since_start(node: NodeProcess, counter: str) -> int:
@@ -111,7 +112,7 @@ def main() -> None:
 
             # --- throughput
             total = args.messages
-            cpu_a0, cpu_b0 = cpu_seconds(a.proc.pid), cpu_seconds(b.proc.pid)
+            cpu_a0, cpu_b0 = cpu_times(a.proc.pid), cpu_times(b.proc.pid)
             t0 = time.perf_counter()
             for start in range(0, total, 1000):
                 count = min(1000, total - start)
@@ -131,8 +132,11 @@ def main() -> None:
                 samples.append((rss_kib(a.proc.pid, "VmRSS"), rss_kib(b.proc.pid, "VmRSS")))
                 if now - t0 > 600:
                     raise SystemExit("stalled: not all messages arrived within 10 minutes")
-            cpu_a = (cpu_seconds(a.proc.pid) - cpu_a0) / total
-            cpu_b = (cpu_seconds(b.proc.pid) - cpu_b0) / total
+            # Per message: (user, system) for each process.
+            user_a, sys_a = cpu_times(a.proc.pid)
+            user_b, sys_b = cpu_times(b.proc.pid)
+            cpu_a = ((user_a - cpu_a0[0]) / total, (sys_a - cpu_a0[1]) / total)
+            cpu_b = ((user_b - cpu_b0[0]) / total, (sys_b - cpu_b0[1]) / total)
             accept_rate = total / (t_accepted - t0)
             in_rate = total / (t_last_in - t0)
             receipt_rate = total / (t_last_receipt - t0)
@@ -188,10 +192,11 @@ def main() -> None:
     print(f"  committed in B's inbox     {in_rate:9,.0f} msgs/s")
     print(f"  receipts back at A         {receipt_rate:9,.0f} msgs/s")
     print(
-        f"  CPU per message            A {cpu_a * 1e6:5.0f} us, B {cpu_b * 1e6:5.0f} us"
+        f"  CPU per message            A {sum(cpu_a) * 1e6:5.0f} us, B {sum(cpu_b) * 1e6:5.0f} us"
         f" (crypto alone: seal+sign {1e6 / send_ceiling:3.0f} us,"
         f" open+verify {1e6 / recv_ceiling:3.0f} us)"
     )
+    print(f"    of which system (kernel)   A {cpu_a[1] * 1e6:5.0f} us, B {cpu_b[1] * 1e6:5.0f} us")
     print(f"latency at {args.rate:g} msgs/s ({len(lat)} of {n} measured, API to API):")
     print(
         f"  p50 {q[49] * 1000:6.2f} ms   p90 {q[89] * 1000:6.2f} ms   p99 {q[98] * 1000:6.2f} ms"
