@@ -222,6 +222,7 @@ class Api:
         node = self.node
         pending = await self._store(node.store.outbox_pending_count, node.now_ms())
         relay_count, relay_bytes = await self._store(node.store.relay_usage)
+        bytes_sent, bytes_received = node.traffic()
         return json_response(
             {
                 "id": str(node.identity.node_id),
@@ -250,6 +251,8 @@ class Api:
                     "reconciliations": node.reconciliations,
                     "reconcile_rounds": node.recon_rounds,
                     "reconcile_bytes": node.recon_bytes,
+                    "bytes_sent": bytes_sent,
+                    "bytes_received": bytes_received,
                 },
             }
         )

@@ -49,6 +49,7 @@ from p2pdm.reconcile import ReconcileError, Reconciler, is_start
 from p2pdm.session import (
     DEFAULT_WINDOW,
     EPHEMERAL_FEATURE,
+    PEX_WANT_FEATURE,
     AckReceived,
     AckStatus,
     ByeReceived,
@@ -130,10 +131,15 @@ ADDRESSES_PER_DIAL = 4
 PEX_RECORDS = 32
 PEX_INTERVAL = 600.0
 PEX_MIN_GAP = 5.0
+# Peers whose known records we remember (each at most the peers we know).
+PEX_MEMORY_PEERS = 1024
 # Our own record's addresses: listening on a wildcard address advertises
 # the interface addresses, at most this many.
 MAX_ADVERTISED = 8
 RECORD_SEQ_KEY = "peer_record_seq"
+# Our last signed record, reused at the next start if our addresses are the
+# same: a new one would be news that every peer passes on to every other.
+OWN_RECORD_KEY = "peer_record"
 # The kind of an Outgoing that is an envelope held for someone else: its
 # real kind is sealed inside.
 RELAYED = -1
@@ -612,9 +618,8 @@ class PeerLink:
         self.node = node
         self.conn = conn
         self.peer = conn.peer
-        self.session = Session(
-            Hello(node.config.window, node.config.relay, (EPHEMERAL_FEATURE,), AGENT)
-        )
+        features = (EPHEMERAL_FEATURE,) + ((PEX_WANT_FEATURE,) if node.wants_records() else ())
+        self.session = Session(Hello(node.config.window, node.config.relay, features, AGENT))
         self.in_flight: dict[int, Outgoing] = {}
         self._in_flight_ids: set[bytes] = set()
         # Messages to push, fed by the committer as they are committed and
@@ -645,6 +650,14 @@ class PeerLink:
         self._recon_answers = trio.open_memory_channel[wire.Value](4)
         self._notice_due = trio.Event()
         self._pex_news = trio.Event()
+        # Peer records this peer has (it sent them, or we did): node id -> seq.
+        # PEERS frames carry only records it lacks, so a churning mesh does not
+        # resend every record to everyone on every change or reconnection.
+        self.peer_has = node.records_held_by(self.peer)
+        # When we last talked to this peer before this connection (None: never).
+        # The first PEERS frame carries only records received since then: the
+        # peer got older ones last time (or from others), and its store kept them.
+        self.seen_before: int | None = None
         self.opened = trio.Event()
         self.cancel_scope = trio.CancelScope()
         self.close_reason = ""
@@ -1003,18 +1016,33 @@ class PeerLink:
         self._pex_news.set()
 
     async def _pex(self) -> None:
-        """Peer exchange: our record and those we know, at open, on news, and now and then."""
+        """Peer exchange: our record and those the peer lacks, at open, on news,
+        and every PEX_INTERVAL.
+
+        Records are sent once per peer (`peer_has`). At open, a peer that did
+        not ask for records (PEX_WANT_FEATURE) gets ours and those we received
+        since its last visit; news sends only what arrived since the last
+        send; the periodic round sends whatever it still lacks.
+        """
         await self.opened.wait()
+        hello = self.session.peer_hello
+        wants_all = hello is not None and PEX_WANT_FEATURE in hello.features
+        since = None if wants_all else (self.seen_before or self.node.now_ms())
         while True:
             self._pex_news = trio.Event()
-            records = await self.node.records_for(self.peer)
+            built_at = self.node.now_ms()
+            records = await self.node.records_for(self.peer, since)
             if self.session.state is not State.OPEN:
                 return
-            await self.conn.send(self.session.peers_frame(records))
+            fresh = [r for r in records if self.peer_has.get(r[0], -1) < r[1]]
+            if fresh:
+                await self.conn.send(self.session.peers_frame([data for _, _, data in fresh]))
+                self.peer_has.update((node_id, seq) for node_id, seq, _ in fresh)
             # Never more often than the peer accepts PEERS frames.
             await trio.sleep(PEX_MIN_GAP)
-            with trio.move_on_after(PEX_INTERVAL - PEX_MIN_GAP):
+            with trio.move_on_after(PEX_INTERVAL - PEX_MIN_GAP) as periodic:
                 await self._pex_news.wait()
+            since = None if periodic.cancelled_caught else built_at
 
     @property
     def via_loopback(self) -> bool:
@@ -1096,6 +1124,10 @@ class Node:
         self._nursery: trio.Nursery | None = None
         self.started_at = time.time()
         self.settings = ChatSettings.load(store)
+        self._records_held: dict[NodeId, dict[NodeId, int]] = {}  # by recency of use
+        self.records_known = 0  # peer records in the store (set at start)
+        # Wire bytes of connections that have ended (live ones: see traffic()).
+        self._ended_sent = self._ended_received = 0
         self.typing_received = 0
         self.ephemeral_ignored = 0
 
@@ -1177,6 +1209,7 @@ class Node:
                     self.bound.append((sockname[0], sockname[1]))
                     nursery.start_soon(self._serve, listener)
             self.record = await self._sign_record()
+            self.records_known = await self.store_call(self.store.peer_record_count)
             for host, port in self.config.bootstrap:
                 nursery.start_soon(self._bootstrap, host, port)
             nursery.start_soon(self._housekeeping)
@@ -1289,7 +1322,26 @@ class Node:
             # that drops us at once is not hammered.
             await trio.sleep(BACKOFF_BASE * (1 + self._rng.random()))
 
+    def traffic(self) -> tuple[int, int]:
+        """Bytes sent and received on peer connections since start (frames with
+        their length prefixes, handshakes included; TCP/IP headers not)."""
+        live = [link.conn for link in self.links.values()]
+        return (
+            self._ended_sent + sum(c.bytes_sent for c in live),
+            self._ended_received + sum(c.bytes_received for c in live),
+        )
+
+    def _count_ended(self, conn: Connection) -> None:
+        self._ended_sent += conn.bytes_sent
+        self._ended_received += conn.bytes_received
+
     async def _run_link(self, conn: Connection) -> None:
+        try:
+            await self._run_connection(conn)
+        finally:
+            self._count_ended(conn)
+
+    async def _run_connection(self, conn: Connection) -> None:
         peer = conn.peer
         if peer == self.identity.node_id:
             log.info("connection %r is to ourselves; closing", conn)
@@ -1311,7 +1363,7 @@ class Node:
                 return
         self.links[peer] = link
         log.info("connected %s %s", "to" if conn.initiator else "from", peer)
-        await self.store_call(self.store.peer_seen, peer, self.now_ms())
+        link.seen_before = await self.store_call(self.store.peer_seen, peer, self.now_ms())
         self.events.publish("peer", {"id": str(peer), "connected": True})
         try:
             await link.run()
@@ -1349,25 +1401,65 @@ class Node:
         return unique[:MAX_ADVERTISED]
 
     async def _sign_record(self) -> PeerRecord:
-        """Our peer record, with a sequence number above any we signed before."""
-        held = await self.store_call(self.store.get_meta, RECORD_SEQ_KEY)
-        last = int.from_bytes(held, "big") if held else 0
+        """Our peer record: the last one if it names the same addresses, else a
+        new one with a sequence number above any we signed before."""
         now = self.now_ms()
+        addresses = self.advertised()
+        held = await self.store_call(self.store.get_meta, OWN_RECORD_KEY)
+        if held is not None:
+            try:
+                last_record = parse_record(held, now_ms=now)
+            except PeerRecordError:
+                last_record = None
+            if (
+                last_record is not None
+                and last_record.node_id == self.identity.node_id
+                and list(last_record.addresses) == addresses
+            ):
+                return last_record
+        held_seq = await self.store_call(self.store.get_meta, RECORD_SEQ_KEY)
+        last = int.from_bytes(held_seq, "big") if held_seq else 0
         seq = max(now, last + 1)
         await self.store_call(self.store.set_meta, RECORD_SEQ_KEY, seq.to_bytes(8, "big"))
-        return PeerRecord.create(self.identity, self.advertised(), seq, now)
+        record = PeerRecord.create(self.identity, addresses, seq, now)
+        await self.store_call(self.store.set_meta, OWN_RECORD_KEY, record.data)
+        return record
 
-    async def records_for(self, peer: NodeId) -> list[bytes]:
-        """What a PEERS frame to `peer` carries: our record, then others it may not know."""
+    def wants_records(self) -> bool:
+        """Too few peers known: ask each new link for a full PEERS frame."""
+        return self.records_known < PEX_RECORDS
+
+    def records_held_by(self, peer: NodeId) -> dict[NodeId, int]:
+        """What we know `peer` holds of peer records (node id -> seq), kept
+        across its connections: its store keeps them when it restarts."""
+        held = self._records_held.pop(peer, None)
+        if held is None:
+            held = {}
+            if len(self._records_held) >= PEX_MEMORY_PEERS:
+                del self._records_held[next(iter(self._records_held))]  # least recent
+        self._records_held[peer] = held
+        return held
+
+    async def records_for(
+        self, peer: NodeId, received_after: int | None = None
+    ) -> list[tuple[NodeId, int, bytes]]:
+        """What a PEERS frame to `peer` may carry, as (node id, seq, record):
+        our record, then others it may not know (received after the time given)."""
         assert self.record is not None
-        others: list[bytes] = await self.store_call(
-            self.store.peer_records, PEX_RECORDS - 1, [peer, self.identity.node_id]
+        others: list[tuple[NodeId, int, bytes]] = await self.store_call(
+            self.store.peer_record_rows,
+            PEX_RECORDS - 1,
+            [peer, self.identity.node_id],
+            received_after,
         )
-        return [self.record.data, *others]
+        own = (self.identity.node_id, self.record.seq, self.record.data)
+        return [own, *others]
 
     async def take_records(self, link: PeerLink, records: tuple[bytes, ...]) -> None:
         """Check and keep records a peer passed on; each must be signed by its subject."""
-        kept: list[NodeId] = await self.store_call(self._keep_records, records, link.via_loopback)
+        kept, valid = await self.store_call(self._keep_records, records, link.via_loopback)
+        for node_id, seq in valid:  # the peer has these: no need to send them back
+            link.peer_has[node_id] = max(seq, link.peer_has.get(node_id, -1))
         if kept:
             log.info("peer exchange with %s: %d new record(s)", link.peer.short(), len(kept))
             for peer in kept:
@@ -1377,16 +1469,20 @@ class Node:
                     other.pex_news()
             self.poke_dialer()
 
-    def _keep_records(self, records: tuple[bytes, ...], via_loopback: bool) -> list[NodeId]:
+    def _keep_records(
+        self, records: tuple[bytes, ...], via_loopback: bool
+    ) -> tuple[list[NodeId], list[tuple[NodeId, int]]]:
+        """The node ids of records newer than ours, and (id, seq) of every valid one."""
         # Runs in a worker thread: each record costs a signature check.
         now = self.now_ms()
-        kept = []
+        kept, valid = [], []
         for data in records:
             try:
                 record = parse_record(data, now_ms=now)
             except PeerRecordError as exc:
                 log.info("refused a peer record: %s", exc)
                 continue
+            valid.append((record.node_id, record.seq))
             if record.node_id == self.identity.node_id:
                 continue
             addresses = usable_from(record, via_loopback=via_loopback)
@@ -1394,7 +1490,9 @@ class Node:
                 record.node_id, record.seq, record.data, addresses, now
             ):
                 kept.append(record.node_id)
-        return kept
+        if kept:
+            self.records_known = self.store.peer_record_count()
+        return kept, valid
 
     async def _run_mdns(self) -> None:
         from p2pdm.discovery.mdns import MdnsDiscovery, MdnsError

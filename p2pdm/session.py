@@ -88,6 +88,9 @@ class FrameType(IntEnum):
 
 # The HELLO feature that says a peer reads EPHEMERAL frames.
 EPHEMERAL_FEATURE = "ephemeral"
+# The HELLO feature that asks for a full PEERS frame at open (the sender knows
+# few peers); without it a peer sends only records that are news to us.
+PEX_WANT_FEATURE = "pex-want"
 
 
 class AckStatus(IntEnum):

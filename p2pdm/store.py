@@ -1681,17 +1681,22 @@ class Store:
     # --- peers and addresses ---------------------------------------------
 
     @_db
-    def peer_seen(self, node_id: NodeId, now_ms: int) -> None:
-        """We talked to this node (a handshake proved its id)."""
+    def peer_seen(self, node_id: NodeId, now_ms: int) -> int | None:
+        """We talked to this node (a handshake proved its id); returns when we
+        had last talked to it before, or None if never."""
         key = _check_node(node_id)
         _check_ms(now_ms, "now_ms")
         with self._write() as conn:
+            row = conn.execute("SELECT last_seen_ms FROM peers WHERE node_id = ?", (key,))
+            found = row.fetchone()
+            before: int | None = None if found is None else found[0]
             if self._ensure_peer(conn, key, now_ms, seen=True):
                 conn.execute(
                     "UPDATE peers SET last_seen_ms = max(coalesce(last_seen_ms, 0), ?)"
                     " WHERE node_id = ?",
                     (now_ms, key),
                 )
+            return before
 
     @_db
     def note_peer_address(
@@ -1807,14 +1812,29 @@ class Store:
     @_db
     def peer_records(self, limit: int, exclude: Iterable[NodeId] = ()) -> list[bytes]:
         """Records to pass on: those of the peers we talked to most recently."""
+        return [data for _, _, data in self.peer_record_rows(limit, exclude)]
+
+    @_db
+    def peer_record_count(self) -> int:
+        count: int = self._c().execute("SELECT count(*) FROM peer_records").fetchone()[0]
+        return count
+
+    @_db
+    def peer_record_rows(
+        self, limit: int, exclude: Iterable[NodeId] = (), received_after: int | None = None
+    ) -> list[tuple[NodeId, int, bytes]]:
+        """`peer_records` with each record's node id and sequence number; only
+        those received after `received_after` if it is given."""
         skip = {_check_node(n) for n in exclude}
+        after = -1 if received_after is None else _check_ms(received_after, "received_after")
         rows = self._c().execute(
-            "SELECT r.node_id, r.record FROM peer_records r JOIN peers p USING (node_id)"
+            "SELECT r.node_id, r.seq, r.record FROM peer_records r JOIN peers p USING (node_id)"
+            " WHERE r.received_ms > ?"
             " ORDER BY p.last_seen_ms IS NULL, p.last_seen_ms DESC, r.received_ms DESC"
             " LIMIT ?",
-            (self._check_limit(limit) + len(skip),),
+            (after, self._check_limit(limit) + len(skip)),
         )
-        return [bytes(r[1]) for r in rows if bytes(r[0]) not in skip][:limit]
+        return [(NodeId(r[0]), r[1], bytes(r[2])) for r in rows if bytes(r[0]) not in skip][:limit]
 
     @_db
     def forget_peer_address(self, node_id: NodeId, host: str, port: int) -> bool:

@@ -170,6 +170,7 @@ class Connection:
         initiator: bool,
         remote: str,
         limits: TransportLimits,
+        handshake_bytes: tuple[int, int] = (0, 0),
     ) -> None:
         self.stream = stream
         self.peer: NodeId = result.peer
@@ -183,6 +184,8 @@ class Connection:
         self._send_timeout = limits.send_timeout
         self._budget = TokenBucket(limits.frame_rate, limits.frame_burst, trio.current_time())
         self.closed = False
+        # Bytes on the wire (frames with their length prefix), handshake included.
+        self.bytes_sent, self.bytes_received = handshake_bytes
 
     def __repr__(self) -> str:
         way = "to" if self.initiator else "from"
@@ -196,6 +199,7 @@ class Connection:
         """Encrypt several frames and send them with one write (one syscall, not N)."""
         async with self._send_lock:
             data = b"".join(wire.encode_frame(self._cipher.encrypt(p)) for p in plaintexts)
+            self.bytes_sent += len(data)
             try:
                 with trio.fail_after(self._send_timeout):
                     await self.stream.send_all(data)
@@ -217,6 +221,7 @@ class Connection:
             self._reader.feed(data)
             self._pending.extend(self._reader.frames())
         frame = self._pending.pop(0)
+        self.bytes_received += len(frame) + wire.FRAME_HEADER_LEN
         wait = self._budget.wait_time(trio.current_time())
         if wait > 0:
             # Throttle: while we do not read, TCP backpressure reaches the peer.
@@ -258,25 +263,42 @@ async def run_handshake(
     """
     hs = Handshake(identity, initiator=initiator, static=static, expected_peer=expected_peer)
     reader = wire.FrameReader()
+    sent = received = 0
+
+    async def send(message: bytes) -> None:
+        nonlocal sent
+        data = wire.encode_frame(message)
+        sent += len(data)
+        await stream.send_all(data)
+
     with trio.move_on_after(limits.handshake_timeout) as scope:
         try:
             if initiator:
-                await stream.send_all(wire.encode_frame(hs.start()))
+                await send(hs.start())
             while not hs.complete:
                 frame = await _read_handshake_frame(stream, reader)
+                received += len(frame) + wire.FRAME_HEADER_LEN
                 try:
                     reply = hs.receive(frame)
                 except HandshakeError as exc:
                     if exc.reply is not None:
-                        await stream.send_all(wire.encode_frame(exc.reply))
+                        await send(exc.reply)
                     raise
                 if reply is not None:
-                    await stream.send_all(wire.encode_frame(reply))
+                    await send(reply)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             raise ConnectionClosed(f"connection broke during the handshake: {exc}") from None
     if scope.cancelled_caught:
         raise HandshakeError(f"handshake not finished within {limits.handshake_timeout:g} s")
-    return Connection(stream, hs.result, reader, initiator=initiator, remote=remote, limits=limits)
+    return Connection(
+        stream,
+        hs.result,
+        reader,
+        initiator=initiator,
+        remote=remote,
+        limits=limits,
+        handshake_bytes=(sent, received),
+    )
 
 
 @dataclass

@@ -45,6 +45,10 @@ async def test_two_nodes_exchange_messages_and_receipts(tmp_path: Path) -> None:
             assert states == {OutboxState.DELIVERED}
             # Receipts B got were stored once each; none are shown as messages.
             assert all(r.kind == 1 for r in a.store.inbox())
+            # Traffic counts every envelope pushed, with its framing.
+            pushed = sum(len(r.envelope) for r in b.store.outbox() if r.kind == 1)
+            assert b.traffic()[0] > pushed
+            assert a.traffic()[1] > pushed
             nursery.cancel_scope.cancel()
 
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import socket
 from typing import TYPE_CHECKING
 
 import pytest
+import trio
 
 from p2pdm import wire
 from p2pdm.peerrecord import (
@@ -163,3 +165,45 @@ def test_an_address_can_be_forgotten(db: Store, alice: Identity) -> None:
     assert db.forget_peer_address(alice.node_id, "198.51.100.3", 3)
     assert not db.forget_peer_address(alice.node_id, "198.51.100.3", 3)
     assert db.addresses_for(alice.node_id) == []
+
+
+def test_records_received_since_a_peers_last_visit_can_be_chosen(
+    db: Store, alice: Identity, bob: Identity
+) -> None:
+    assert db.peer_seen(bob.node_id, NOW) is None  # never talked to before
+    assert keep(db, PeerRecord.create(alice, ADDRS[:1], seq=1, timestamp_ms=NOW), NOW + 5)
+    assert db.peer_seen(bob.node_id, NOW + 10) == NOW
+    rows = db.peer_record_rows(10, received_after=NOW)
+    assert [(node_id, seq) for node_id, seq, _ in rows] == [(alice.node_id, 1)]
+    assert db.peer_record_rows(10, received_after=NOW + 5) == []
+    assert db.peer_record_count() == 1
+
+
+async def test_a_node_keeps_its_record_while_its_addresses_stay_the_same(
+    tmp_path: Path, alice: Identity
+) -> None:
+    from p2pdm.node import Node, NodeConfig
+
+    def node(port: int) -> Node:
+        config = NodeConfig(home=tmp_path, listen=(("127.0.0.1", port),), mdns=False)
+        return Node(config, alice, Store.open(tmp_path / "store.db"))
+
+    async def record_of(n: Node) -> PeerRecord:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(n.run)
+            nursery.cancel_scope.cancel()
+        n.store.close()
+        assert n.record is not None
+        return n.record
+
+    first = await record_of(node(0))
+    port = first.addresses[0][1]
+    # Same address after a restart: the same signed record, nothing new to gossip.
+    assert (await record_of(node(port))).data == first.data
+    # A new address: a new record with a higher sequence number.
+    with socket.socket() as elsewhere:  # a free port that is not the first one
+        elsewhere.bind(("127.0.0.1", 0))
+        other_port = elsewhere.getsockname()[1]
+    moved = await record_of(node(other_port))
+    assert moved.seq > first.seq
+    assert moved.addresses != first.addresses
