@@ -294,7 +294,7 @@ class Api:
         contacts = await self._store(self.node.store.contacts)
         names = {c.node_id: c.name for c in contacts if c.name}
         known = {c.node_id for c in contacts}
-        requests = self.node.settings.accept is AcceptPolicy.REQUESTS
+        requests = self.node.settings.accept is not AcceptPolicy.EVERYONE
         return json_response(
             {"messages": [inbox_json(r, names, requests and r.sender not in known) for r in rows]}
         )
@@ -402,7 +402,7 @@ class Api:
     async def _conversation_rows(self) -> list[dict[str, Any]]:
         rows = await self._store(self.node.store.conversations)
         online = self.node.connected()
-        requests = self.node.settings.accept is AcceptPolicy.REQUESTS
+        requests = self.node.settings.accept is not AcceptPolicy.EVERYONE
         return [conversation_json(r, r.peer in online, requests) for r in rows]
 
     async def conversations(self, request: Request) -> Response:
@@ -557,7 +557,7 @@ OPENAPI: dict[str, Any] = {
         },
         "/v1/requests": {
             "get": _op(
-                "Message requests: strangers who wrote to us (with accept = requests), in "
+                "Message requests: strangers who wrote to us (unless accept = everyone), in "
                 "the shape of /v1/conversations"
             )
         },

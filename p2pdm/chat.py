@@ -28,6 +28,7 @@ from textual.widgets import Footer, Header, Input, Label, ListItem, ListView, St
 
 from p2pdm.apiclient import ApiClient, ApiClientError, ApiRequestError, ApiUnavailable
 from p2pdm.config import API_SOCKET_NAME
+from p2pdm.display import visible
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -42,7 +43,11 @@ TYPING_IDLE_S = 5.0
 # Sidebar refreshes are gathered for this long (a burst refreshes once).
 REFRESH_DELAY_S = 0.2
 # States of our messages, in the order they move; a late event never moves back.
-STATES = ("queued", "sent", "relayed", "delivered", "read")
+# "relayed": a relay holds a copy; "sent": the recipient's node stored it.
+STATES = ("queued", "relayed", "sent", "delivered", "read")
+# State events remembered for messages not on screen yet (a send's own events
+# can come before its answer); older ones are forgotten past this many.
+MAX_EARLY_STATES = 1000
 STATE_MARK = {
     "queued": "· queued",
     "sent": "✓ sent",
@@ -107,7 +112,9 @@ class MessageView(Static):
         line.append(local_time(self.ts) + " ", style="dim")
         who = "me" if self.mine else self.peer_name
         line.append(who + ": ", style="bold green" if self.mine else "bold cyan")
-        line.append(self.text)  # a Text, never markup: a peer cannot style our screen
+        # A Text, never markup, and control characters made visible: a peer
+        # can neither style our screen nor send the terminal escape codes.
+        line.append(visible(self.text))
         if self.mine and self.state:
             line.append("  " + STATE_MARK.get(self.state, self.state), style="dim italic")
         return line
@@ -140,10 +147,11 @@ class MessageLog(VerticalScroll):
 
     def watch_scroll_y(self, old_value: float, new_value: float) -> None:
         super().watch_scroll_y(old_value, new_value)
-        if new_value <= 0 < old_value:
-            app = self.app
-            if isinstance(app, ChatApp):
+        app = self.app
+        if isinstance(app, ChatApp):
+            if new_value <= 0 < old_value:
                 app.load_older_soon()
+            app.bump()
 
 
 class InfoScreen(ModalScreen[None]):
@@ -211,7 +219,7 @@ class SearchScreen(ModalScreen[str | None]):
                 who = hit["peer_name"] or short(hit["peer"])
                 line = Text(local_time(hit["ts"]) + " ", style="dim")
                 line.append(("to " if hit["mine"] else "from ") + who + ": ", style="bold")
-                line.append(hit["snippet"])
+                line.append(visible(hit["snippet"]))
                 items.append(ListItem(Label(line)))
             if not items:
                 items.append(ListItem(Label(Text("nothing found", style="dim"))))
@@ -347,12 +355,27 @@ class ChatApp(App[int]):
                     while not self._stop.is_set():
                         event = stream.next(timeout=0.5)
                         if event is not None:
-                            self.call_from_thread(self.on_node_event, *event)  # type: ignore[arg-type]
+                            self._deliver(*event)
             except ApiClientError as exc:
                 if self._stop.is_set():
                     return
                 self.call_from_thread(self._lost, str(exc))
                 self._stop.wait(2.0)
+
+    def _deliver(self, name: str, data: Any) -> None:
+        """One event into the app; a failure in handling it is shown, and the
+        next event is handled as usual (live updates must not stop)."""
+        try:
+            self.call_from_thread(self.on_node_event, name, data)  # type: ignore[arg-type]
+        except ApiClientError:
+            raise
+        except Exception as exc:  # an app bug must not end the event stream
+            if self._stop.is_set():
+                return
+            with contextlib.suppress(Exception):
+                self.call_from_thread(
+                    self.notify, f"could not show a {name} event: {exc!r}", severity="error"
+                )
 
     def _lost(self, reason: str) -> None:
         if not self.node_lost:
@@ -362,9 +385,12 @@ class ChatApp(App[int]):
 
     async def on_node_event(self, name: str, data: dict[str, Any]) -> None:
         if name == "hello" and self.node_lost:
+            # Events were missed while the stream was down: read it all again.
             self.node_lost = False
             self.notify("connected to the node again")
             await self.refresh_sidebar()
+            if self.peer is not None:
+                await self.open_conversation(self.peer)
         elif name == "message" and data.get("text") is not None:
             sender = data["from"]
             self.typing_until.pop(sender, None)
@@ -384,6 +410,8 @@ class ChatApp(App[int]):
                 early = self.early_states.get(data["id"])
                 if _rank(name) > _rank(early):
                     self.early_states[data["id"]] = name
+                    while len(self.early_states) > MAX_EARLY_STATES:
+                        del self.early_states[next(iter(self.early_states))]
         elif name == "peer":
             conversation = self.conversations.get(data["id"])
             if conversation is not None:
@@ -507,7 +535,7 @@ class ChatApp(App[int]):
         shown = self.peer is not None and self.typing_until.get(self.peer, 0) > now
         text = f"{self.name_of(self.peer)} is typing…" if shown and self.peer else ""
         self.typing_line = text
-        self.query_one("#typing", Static).update(text)
+        self.query_one("#typing", Static).update(Text(text))  # a name is not markup
 
     def _expire_typing(self) -> None:
         now = time.monotonic()
@@ -594,7 +622,8 @@ class ChatApp(App[int]):
         now = time.monotonic()
         if not self.typing_active or now - self.typing_sent_at >= TYPING_REPEAT_S:
             self.typing_active, self.typing_sent_at = True, now
-            await self._typing(self.peer, True)
+            # In the background: typing must never slow the keyboard down.
+            self.run_worker(self._typing(self.peer, True), group="typing")
         if self._idle_timer is not None:
             self._idle_timer.stop()
         self._idle_timer = self.set_timer(TYPING_IDLE_S, self._stop_typing)
@@ -654,9 +683,10 @@ class ChatApp(App[int]):
             body: dict[str, Any] = {"id": node_id}
             if contact_name.strip():
                 body["name"] = contact_name.strip()
-            if await self.api("post", "/v1/contacts", body) is not None:
+            added = await self.api("post", "/v1/contacts", body)
+            if added is not None:
                 await self.refresh_sidebar()
-                await self.open_conversation(node_id)
+                await self.open_conversation(added["id"])  # the id as the node spells it
         elif name == "rename" and peer is not None:
             if await self.api("post", "/v1/contacts", {"id": peer, "name": rest or None}):
                 await self.refresh_sidebar()

@@ -29,6 +29,7 @@ from p2pdm.config import (
     write_initial_config,
 )
 from p2pdm.daemon import DaemonError
+from p2pdm.display import visible
 from p2pdm.identity import (
     Identity,
     IdentityError,
@@ -260,7 +261,7 @@ def _inbox_line(m: dict[str, object], as_json: bool) -> str:
         return json.dumps(m, ensure_ascii=False)
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(m["ts"])))  # type: ignore[arg-type]
     sender = m.get("from_name") or str(m["from"])[:12]
-    return f"{when} {sender}: {m.get('text')}"
+    return f"{when} {sender}: {visible(str(m.get('text')))}"
 
 
 def cmd_inbox(home: Path, args: argparse.Namespace) -> int:
@@ -300,7 +301,8 @@ def cmd_outbox(home: Path, args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(m, ensure_ascii=False))
         else:
-            print(f"{m['id'][:16]} {m['state']:<9} to {str(m['to'])[:12]}: {m.get('text')}")
+            text = visible(str(m.get("text")))
+            print(f"{m['id'][:16]} {m['state']:<9} to {str(m['to'])[:12]}: {text}")
     return EXIT_OK
 
 
@@ -356,7 +358,8 @@ def cmd_requests(home: Path, args: argparse.Namespace) -> int:
             print(json.dumps(r, ensure_ascii=False))
         else:
             last = _when(r["last"]) if r["last"] is not None else "-"
-            print(f"{r['peer']} {r['received']} message(s), last {last}: {r['last_text']}")
+            text = visible(str(r["last_text"]))
+            print(f"{r['peer']} {r['received']} message(s), last {last}: {text}")
     return EXIT_OK
 
 
@@ -384,7 +387,7 @@ def cmd_search(home: Path, args: argparse.Namespace) -> int:
         else:
             who = hit["peer_name"] or hit["peer"][:12]
             arrow = f"to {who}" if hit["mine"] else f"from {who}"
-            print(f"{_when(hit['ts'])} {arrow}: {hit['snippet']}")
+            print(f"{_when(hit['ts'])} {arrow}: {visible(hit['snippet'])}")
     return EXIT_OK
 
 

@@ -545,7 +545,9 @@ class IncomingPush(Op):
         elif result is AcceptResult.DUPLICATE:
             self.status = AckStatus.DUPLICATE
             ctx.duplicates += 1
-            if not store.is_blocked(msg.sender):
+            # Only for a message we kept: one dropped (blocked sender, or a
+            # stranger under accept = contacts) gets no receipt, copy or not.
+            if store.in_inbox(msg.message_id):
                 self.holding = True
                 if msg.kind not in RECEIPT_KINDS:
                     # Our first receipt may have been lost: send another.
@@ -1659,7 +1661,7 @@ class Node:
         if not await self.store_call(self.accepts, self.store, peer):
             return "not an accepted contact (blocked, or a request not accepted)"
         link = self.links.get(peer)
-        if link is None or not link.opened.is_set():
+        if link is None or not link.opened.is_set() or link.session.state is not State.OPEN:
             return "not connected"
         hello = link.session.peer_hello
         if hello is None or EPHEMERAL_FEATURE not in hello.features:

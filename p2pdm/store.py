@@ -255,6 +255,11 @@ MIGRATIONS: tuple[str, ...] = (
             SELECT p2pdm_text(body), recipient, 1, message_id, created_ms
                 FROM outbox WHERE kind = 1
         ) ORDER BY ms;
+    -- Writing to someone accepts them (they are not a message request): the
+    -- people this node wrote to before this version become contacts.
+    INSERT INTO contacts (node_id, added_ms)
+        SELECT recipient, min(created_ms) FROM outbox WHERE kind = 1 GROUP BY recipient
+        ON CONFLICT (node_id) DO NOTHING;
     -- Conversation views: one peer's messages by local time, both ways, and
     -- the list of conversations from the indexes alone (no message bodies).
     CREATE INDEX inbox_by_sender_time ON inbox (sender, kind, received_ms);
@@ -1034,6 +1039,16 @@ class Store:
         ]
 
     @_db
+    def in_inbox(self, message_id: bytes) -> bool:
+        """The message was stored (not only seen and dropped, as a blocked one is)."""
+        row = (
+            self._c()
+            .execute("SELECT 1 FROM inbox WHERE message_id = ?", (_check_id(message_id),))
+            .fetchone()
+        )
+        return row is not None
+
+    @_db
     def inbox_envelope(self, message_id: bytes) -> bytes | None:
         """The exact envelope bytes a received message arrived in."""
         row = (
@@ -1059,7 +1074,7 @@ class Store:
             if peer is not None:
                 rows = conn.execute(
                     "UPDATE inbox SET read = 1 WHERE sender = ? AND read = 0"
-                    " RETURNING message_id, seq",
+                    f" AND kind = {TEXT_KIND} RETURNING message_id, seq",
                     (_check_node(peer),),
                 ).fetchall()
                 changed[peer] = [r[0] for r in sorted(rows, key=lambda r: r[1])]
@@ -1566,6 +1581,8 @@ class Store:
             ):
                 raise StoreError(f"bad cursor {before!r}: use a message's cursor")
             bound = (int(parts[0]), int(parts[1]), int(parts[2]))
+            if bound[0] > MAX_TIME_MS + 1 or bound[1] > 2 or bound[2] >= 1 << 63:
+                raise StoreError(f"bad cursor {before!r}: use a message's cursor")
         rows = (
             self._c()
             .execute(

@@ -11,7 +11,7 @@ import trio
 from p2pdm import envelope
 from p2pdm.envelope import MessageKind
 from p2pdm.identity import Identity
-from p2pdm.node import IncomingPush, Node
+from p2pdm.node import BatchContext, IncomingPush, Node
 from p2pdm.settings import AcceptPolicy, ChatSettings
 from p2pdm.store import OutboxState
 
@@ -213,3 +213,30 @@ async def test_with_contacts_only_a_strangers_message_is_dropped(tmp_path: Path)
         await p.b.accept_peer(p.a_id)
         m2 = await p.a_writes("now a contact")
         assert [r.message_id for r in p.b.store.inbox()] == [m2]
+
+
+async def test_a_dropped_strangers_message_gets_no_receipt_even_when_it_comes_again(
+    tmp_path: Path,
+) -> None:
+    b = make_node(tmp_path, "b")
+    stranger = Identity.generate()
+    await b.change_settings({"accept": "contacts"})
+    now = b.now_ms()
+    data = envelope.seal(
+        stranger,
+        b.identity.node_id,
+        MessageKind.TEXT,
+        "let me in",
+        timestamp_ms=now,
+        expires_ms=now + 60_000,
+    )
+    for copy in range(2):  # the first push, then a copy (a resend, or via a relay)
+        op = IncomingPush(stranger.node_id, copy, data)
+        op.prepare(b, now)
+        ctx = BatchContext(b, now)
+        with b.store.transaction():
+            op.apply(b.store, ctx)
+        assert ctx.receipts == {}
+        assert not op.holding
+    assert b.store.inbox() == []
+    b.store.close()

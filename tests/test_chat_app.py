@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from textual import events
 
+from p2pdm import chat
 from p2pdm.chat import ChatApp
 from tests.nodeproc import NodeProcess, cli, init_home, json_lines
 
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from pathlib import Path
 
+    import pytest
     from textual.pilot import Pilot
 
 DEADLINE = 30.0
@@ -52,8 +54,10 @@ def screenshot(app: ChatApp, name: str) -> None:
 
 
 def test_a_conversation_from_request_to_read_receipt(
-    two_nodes: tuple[NodeProcess, NodeProcess, str, str],
+    two_nodes: tuple[NodeProcess, NodeProcess, str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # Typing shows until the peer says it stopped (not until a timer runs out).
+    monkeypatch.setattr(chat, "TYPING_SHOWN_S", 600.0)
     a, b, a_id, b_id = two_nodes
     asyncio.run(conversation(a, b, a_id, b_id))
 
@@ -132,7 +136,7 @@ def test_history_loads_older_pages_when_scrolled_to_the_top(
     two_nodes: tuple[NodeProcess, NodeProcess, str, str],
 ) -> None:
     a, b, a_id, b_id = two_nodes
-    lines = "\n".join(f"line {i}" for i in range(120))
+    lines = "\n".join(f"line {i}" for i in range(120)) + "\nclear \x1b[2J\x1b]2;title\x07"
     sent = cli(a.home, "send", b_id, "--stdin", "--wait", "30", stdin=lines)
     assert sent.returncode == 0, sent.stderr
     asyncio.run(history(b, a_id))
@@ -140,15 +144,18 @@ def test_history_loads_older_pages_when_scrolled_to_the_top(
 
 async def history(b: NodeProcess, a_id: str) -> None:
     app = ChatApp(b.api, a_id)
-    async with app.run_test(size=SIZE) as pilot:
+    async with app.run_test(size=SIZE):
         await until(app, lambda: len(app.shown_messages()) == 50, "the latest page")
-        assert app.shown_messages()[-1].endswith(": line 119")
+        # Escape sequences from a peer are shown, never sent to the terminal.
+        assert app.shown_messages()[-1].endswith(": clear ␛[2J␛]2;title␇")
+        assert app.shown_messages()[-2].endswith(": line 119")
         log = app.query_one("#log")
-        for pages in (100, 120):
-            await pilot.pause()  # the view settles where the last page left it
+        for pages in (100, 121):
+            # The view rests on the newest lines, or where the last page left it.
+            await until(app, lambda: log.scroll_y > 0, "a view away from the top")
             log.scroll_home(animate=False)
             await until(app, lambda n=pages: len(app.shown_messages()) == n, f"{pages} lines")
-        assert [m.rsplit(": ", 1)[1] for m in app.shown_messages()] == [
+        assert [m.rsplit(": ", 1)[1] for m in app.shown_messages()[:-1]] == [
             f"line {i}" for i in range(120)
         ]
 

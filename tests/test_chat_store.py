@@ -134,7 +134,10 @@ def test_messages_at_the_same_millisecond_are_not_lost_between_pages(db: Store) 
     assert [r.text for r in rest + first] == texts
 
 
-@pytest.mark.parametrize("cursor", ["", "1.2", "a.b.c", "1.0.-3", "9" * 30 + ".0.1", "1.0.1.2"])
+@pytest.mark.parametrize(
+    "cursor",
+    ["", "1.2", "a.b.c", "1.0.-3", "9" * 30 + ".0.1", "1.0.1.2", "9" * 19 + ".0.0", "1.3.0"],
+)
 def test_a_bad_cursor_is_a_clear_error(db: Store, cursor: str) -> None:
     with pytest.raises(StoreError, match="cursor"):
         db.conversation(BOB.node_id, 5, cursor)
@@ -157,12 +160,23 @@ def test_search_finds_words_by_prefix_both_ways_ignoring_case_and_accents(db: St
 
 
 @pytest.mark.parametrize(
-    "query", ["AND", "cafe OR", "NEAR(a b", 'x" OR "y', "col:cafe", "^a", "a -b", "😀 cafe"]
+    ("query", "found"),
+    [
+        ("AND", 1),  # the word "and", not an operator
+        ("cafe OR", 0),  # both words, and there is no "or"
+        ("NEAR(cafe b", 0),
+        ('cafe" OR "zzz', 0),
+        ("col:cafe", 0),  # "col" is a word here, not a column filter
+        ("^cafe", 1),
+        ("cafe -b", 1),
+        ("😀 cafe", 1),
+    ],
 )
-def test_search_takes_any_typed_text_as_words(db: Store, query: str) -> None:
+def test_search_takes_any_typed_text_as_words(db: Store, query: str, found: int) -> None:
     receive(db, BOB, "the cafe and b", NOW)
+    receive(db, BOB, "near col or", NOW)
     hits = db.search(query, 10)  # no FTS5 syntax error, whatever was typed
-    assert all(h.text == "the cafe and b" for h in hits)
+    assert [h.text for h in hits] == ["the cafe and b"] * found
 
 
 @pytest.mark.parametrize("query", ["", "   ", "!!", "*", '"'])
@@ -171,7 +185,7 @@ def test_search_with_no_words_is_a_clear_error(db: Store, query: str) -> None:
         db.search(query, 10)
 
 
-def test_receipts_are_not_searched_or_listed_as_conversation(db: Store) -> None:
+def test_receipts_are_not_listed_as_a_conversation_nor_marked_read(db: Store) -> None:
     sealed = envelope.seal(
         BOB, ME.node_id, MessageKind.READ, {"ids": [bytes(32)]}, timestamp_ms=NOW, expires_ms=LATER
     )
@@ -179,6 +193,9 @@ def test_receipts_are_not_searched_or_listed_as_conversation(db: Store) -> None:
     assert db.accept_incoming(msg, sealed, NOW) is AcceptResult.STORED
     assert db.conversations() == []
     assert db.conversation(BOB.node_id, 10) == []
+    text = receive(db, BOB, "a text", NOW)
+    # Reading a peer's conversation reads its texts, not its receipts.
+    assert db.mark_read_by_sender(peer=BOB.node_id) == {BOB.node_id: [text]}
 
 
 def test_upgrading_a_store_indexes_the_messages_it_already_holds(tmp_path: Path) -> None:
@@ -195,6 +212,8 @@ def test_upgrading_a_store_indexes_the_messages_it_already_holds(tmp_path: Path)
     )
     conn.close()
     with Store.open(path) as new:
+        # Writing to someone accepts them: bob, written to before, is a contact.
+        assert new.is_accepted(BOB.node_id)
         assert sorted(h.text for h in new.search("before existed", 10)) == [
             "mine before search existed",
             "written before search existed",
