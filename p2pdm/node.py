@@ -605,6 +605,29 @@ class AckOutcome(Op):
             ctx.events.append(("sent", {"id": mid.hex(), "to": str(self.peer)}))
 
 
+# What a peer can make a link's task raise: each ends that link, nothing more.
+PEER_FAULTS = (ConnectionClosed, TransportError, SessionError, ReconcileError)
+
+
+def peer_fault(exc: BaseException) -> Exception | None:
+    """The peer's fault that `exc` is: itself, or the first of an exception
+    group made of peer faults only; None for anything else (a bug, a
+    cancellation), which must propagate."""
+    leaves: list[BaseException] = []
+    pending = [exc]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, BaseExceptionGroup):
+            pending.extend(reversed(item.exceptions))
+        else:
+            leaves.append(item)
+    if leaves and all(isinstance(e, PEER_FAULTS) for e in leaves):
+        first = leaves[0]
+        assert isinstance(first, Exception)
+        return first
+    return None
+
+
 def _receipt_ids(body: Any) -> list[bytes]:
     ids = body["ids"] if isinstance(body, dict) else []
     return [i for i in ids if isinstance(i, bytes)]
@@ -716,17 +739,24 @@ class PeerLink:
         self.cancel_scope.cancel()
 
     async def _guarded(self, task: Callable[[], Awaitable[None]]) -> bool:
-        """Run `task`; a peer's fault becomes the close reason instead of an exception."""
+        """Run `task`; a peer's fault becomes the close reason instead of an exception.
+
+        Also when it comes wrapped in an exception group (a task with a
+        nursery of its own): unhandled, it would end the whole node.
+        """
         try:
             await task()
-        except (ConnectionClosed, TransportError) as exc:
-            self.close_reason = self.close_reason or str(exc)
-        except (SessionError, ReconcileError) as exc:
-            self.close_reason = self.close_reason or f"protocol error: {exc}"
-            await self.say_bye(str(exc))
-        else:
-            return True
-        return False
+        except BaseException as exc:
+            fault = peer_fault(exc)
+            if fault is None:
+                raise
+            if isinstance(fault, (ConnectionClosed, TransportError)):
+                self.close_reason = self.close_reason or str(fault)
+            else:
+                self.close_reason = self.close_reason or f"protocol error: {fault}"
+                await self.say_bye(str(fault))
+            return False
+        return True
 
     async def say_bye(self, reason: str) -> None:
         with trio.move_on_after(1) as scope:

@@ -6,13 +6,17 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from p2pdm.node import EventHub
+from p2pdm.node import EventHub, PeerLink, peer_fault
+from p2pdm.session import SessionError
 from p2pdm.store import OutboxState
+from p2pdm.transport import ConnectionClosed
 
 from .nodes import make_node, next_event
 
 if TYPE_CHECKING:
     from pathlib import Path
+
+    import pytest
 
 DEADLINE = 30
 
@@ -143,3 +147,39 @@ async def test_event_subscribers_that_closed_are_forgotten_without_any_event() -
     assert hub.subscribers == 1
     hub.publish("x", {})
     assert kept.receive_nowait() == ("x", {})
+
+
+def test_peer_fault_looks_inside_exception_groups() -> None:
+    closed = ConnectionClosed("gone")
+    assert peer_fault(closed) is closed
+    assert peer_fault(ExceptionGroup("g", [closed, SessionError("bad")])) is closed
+    nested = BaseExceptionGroup("outer", [ExceptionGroup("inner", [closed])])
+    assert peer_fault(nested) is closed
+    assert peer_fault(ExceptionGroup("g", [closed, ValueError("a bug")])) is None
+    assert peer_fault(ValueError("a bug")) is None
+    assert peer_fault(KeyboardInterrupt()) is None
+
+
+async def test_a_peer_fault_inside_a_task_with_its_own_nursery_ends_only_the_link(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def failing_notifier(self: PeerLink) -> None:
+        await self.opened.wait()
+        async with trio.open_nursery():  # the fault arrives wrapped in a group
+            raise ConnectionClosed("send failed: broken pipe")
+
+    monkeypatch.setattr(PeerLink, "_notifier", failing_notifier)
+    a = make_node(tmp_path, "a")
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(a.run)
+            b = make_node(tmp_path, "b", bootstrap=(a.bound[0],))
+            events = a.events.subscribe()
+            await nursery.start(b.run)
+            assert (await next_event(events, "peer"))["connected"] is True
+            # The link ends with the peer's fault as its reason; both nodes run on.
+            while (await next_event(events, "peer"))["connected"]:
+                pass
+            assert a._nursery is not None
+            assert not a._nursery.cancel_scope.cancel_called
+            nursery.cancel_scope.cancel()
