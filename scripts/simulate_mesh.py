@@ -35,6 +35,7 @@ else is the node's defaults. Stores live under /dev/shm when it exists
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -65,13 +66,27 @@ DELIVERABLE_AFTER_S = 5.0
 # Everyone is on 127.0.0.1: per-source handshake limits would see one host.
 SIM_LIMITS = TransportLimits(handshake_rate=1000.0, handshake_burst=1000.0)
 CONTACTS_PER_NODE = 3
+# A send that takes longer went to a node that was stopping.
+SEND_TIMEOUT = 10.0
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+def listen_ports(count: int, rng: random.Random) -> list[int]:
+    """Free ports below the kernel's ephemeral range: a node that is offline
+    must find its port free again, and an outgoing connection's ephemeral
+    source port could otherwise take it meanwhile."""
+    low = 32768
+    with contextlib.suppress(OSError, ValueError):
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    ports: list[int] = []
+    candidate = rng.randrange(10_000, max(10_001, low - 4 * count))
+    while len(ports) < count:
+        if candidate >= low:
+            raise SystemExit("no free ports below the ephemeral range")
+        with socket.socket() as s, contextlib.suppress(OSError):
+            s.bind(("127.0.0.1", candidate))
+            ports.append(candidate)
+        candidate += 1
+    return ports
 
 
 @dataclass
@@ -172,14 +187,22 @@ async def live(run: Run, member: Member, relay_addresses: list[tuple[str, int]])
             member.node = None
             run.traffic += node.traffic()[0]
             store.close()
+            # Events published just before the stop, not yet read by watch().
+            with contextlib.suppress(trio.WouldBlock, trio.EndOfChannel):
+                while True:
+                    take(run, *events.receive_nowait())
 
 
 async def watch(run: Run, events: trio.MemoryReceiveChannel[tuple[str, dict[str, Any]]]) -> None:
     async for name, data in events:
-        if name == "message":
-            run.arrived.setdefault(bytes.fromhex(data["id"]), run.now())
-        elif name == "held":
-            run.held += 1
+        take(run, name, data)
+
+
+def take(run: Run, name: str, data: dict[str, Any]) -> None:
+    if name == "message":
+        run.arrived.setdefault(bytes.fromhex(data["id"]), run.now())
+    elif name == "held":
+        run.held += 1
 
 
 async def workload(run: Run, rng: random.Random, count: int, after: float) -> None:
@@ -195,13 +218,18 @@ async def workload(run: Run, rng: random.Random, count: int, after: float) -> No
         node = sender.node
         assert node is not None
         sent_at = run.now()
-        try:
-            [mid] = await node.send_texts(
-                recipient.identity.node_id, [f"message {n} to {recipient.index}"]
-            )
-        except Exception as exc:  # the sender may be stopping this instant
-            print(f"  send {n} failed: {exc}", file=sys.stderr)
-            continue
+        # The sender may stop this instant: its committer then never answers
+        # (a daemon's API stops with it; here the workload is outside it).
+        mid = None
+        with trio.move_on_after(SEND_TIMEOUT):
+            try:
+                [mid] = await node.send_texts(
+                    recipient.identity.node_id, [f"message {n} to {recipient.index}"]
+                )
+            except Exception as exc:
+                print(f"  send {n} failed: {exc}", file=sys.stderr)
+        if mid is None or sender.node is not node:
+            continue  # not sent, or the sender stopped meanwhile (its store is closed)
         row = node.store.outbox_message(mid)
         run.sent.append(
             Sent(mid, sender.index, recipient.index, sent_at, len(row.envelope) if row else 0)
@@ -209,9 +237,13 @@ async def workload(run: Run, rng: random.Random, count: int, after: float) -> No
 
 
 async def simulate(size: int, args: argparse.Namespace, root: Path) -> dict[str, Any]:
+    # Each node runs its store in worker threads; trio's default limit (40
+    # threads for the whole process) would make 100 nodes queue for them.
+    trio.to_thread.current_default_thread_limiter().total_tokens = 4 * size
     rng = random.Random(args.seed * 1000 + size)
     relays = args.relays or max(2, size // 20)
     run = Run(size, relays, args.seconds, args.drain)
+    ports = listen_ports(size, rng)
     for i in range(size):
         home = root / f"n{i}"
         home.mkdir()
@@ -221,7 +253,7 @@ async def simulate(size: int, args: argparse.Namespace, root: Path) -> dict[str,
             if is_relay
             else schedule(rng, args.seconds, args.online, args.offline)
         )
-        run.members.append(Member(i, Identity.generate(), home, free_port(), is_relay, periods))
+        run.members.append(Member(i, Identity.generate(), home, ports[i], is_relay, periods))
     # A few contacts each, so the dial loop has people to keep connected.
     for member in run.members[relays:]:
         store = Store.open(member.home / "store.db")
@@ -247,7 +279,36 @@ async def simulate(size: int, args: argparse.Namespace, root: Path) -> dict[str,
         await trio.sleep(max(0.0, run.seconds - run.now()))
         at_schedule_end = dict(run.arrived)
         schedule_traffic = run.traffic_now() - warm_traffic
+    explain_missing(run)
     return report(run, at_schedule_end, schedule_traffic)
+
+
+def explain_missing(run: Run) -> None:
+    """For each message that never arrived, where it ended up (from the stores)."""
+    for sent in run.sent:
+        if sent.message_id in run.arrived:
+            continue
+        sender, recipient = run.members[sent.sender], run.members[sent.recipient]
+        with Store.open(sender.home / "store.db") as store:
+            row = store.outbox_message(sent.message_id)
+        holders = []
+        for member in run.members:
+            with Store.open(member.home / "store.db") as store:
+                if store.relay_rows([sent.message_id]):
+                    holders.append(member.index)
+        with Store.open(recipient.home / "store.db") as store:
+            seen = store.is_seen(sent.message_id)
+            stored = store.in_inbox(sent.message_id)
+        state = (
+            "no outbox row" if row is None else f"{row.state.value}, relayed_to {row.relayed_to}"
+        )
+        print(
+            f"  missing: {sent.message_id.hex()[:12]} from {sent.sender} to {sent.recipient}"
+            f" sent at {sent.at:.1f} s; sender: {state}; held by {holders or 'no relay'};"
+            f" recipient has seen it: {seen}, stored it: {stored};"
+            f" recipient online {[(round(a), round(b)) for a, b in recipient.periods]}",
+            file=sys.stderr,
+        )
 
 
 def report(run: Run, at_schedule_end: dict[bytes, float], schedule_traffic: int) -> dict[str, Any]:
