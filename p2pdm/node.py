@@ -64,6 +64,7 @@ from p2pdm.session import (
     ReconReceived,
     Session,
     SessionError,
+    SessionUsageError,
     State,
 )
 from p2pdm.settings import AcceptPolicy, ChatSettings
@@ -609,10 +610,12 @@ class AckOutcome(Op):
 PEER_FAULTS = (ConnectionClosed, TransportError, SessionError, ReconcileError)
 
 
-def peer_fault(exc: BaseException) -> Exception | None:
+def peer_fault(exc: BaseException, *, closed: bool = False) -> Exception | None:
     """The peer's fault that `exc` is: itself, or the first of an exception
     group made of peer faults only; None for anything else (a bug, a
-    cancellation), which must propagate."""
+    cancellation), which must propagate. With `closed` (the session has
+    ended), using the closed session counts as the link ending too."""
+    faults = (*PEER_FAULTS, SessionUsageError) if closed else PEER_FAULTS
     leaves: list[BaseException] = []
     pending = [exc]
     while pending:
@@ -621,7 +624,7 @@ def peer_fault(exc: BaseException) -> Exception | None:
             pending.extend(reversed(item.exceptions))
         else:
             leaves.append(item)
-    if leaves and all(isinstance(e, PEER_FAULTS) for e in leaves):
+    if leaves and all(isinstance(e, faults) for e in leaves):
         first = leaves[0]
         assert isinstance(first, Exception)
         return first
@@ -747,7 +750,9 @@ class PeerLink:
         try:
             await task()
         except BaseException as exc:
-            fault = peer_fault(exc)
+            # Once the session is closed (the peer said BYE, or we did), a task
+            # that was about to send finds it closed: that is the link ending.
+            fault = peer_fault(exc, closed=self.session.state is State.CLOSED)
             if fault is None:
                 raise
             if isinstance(fault, (ConnectionClosed, TransportError)):

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from p2pdm.node import EventHub, PeerLink, peer_fault
-from p2pdm.session import SessionError
+from p2pdm.session import SessionError, SessionUsageError
 from p2pdm.store import OutboxState
 from p2pdm.transport import ConnectionClosed
 
@@ -158,6 +158,33 @@ def test_peer_fault_looks_inside_exception_groups() -> None:
     assert peer_fault(ExceptionGroup("g", [closed, ValueError("a bug")])) is None
     assert peer_fault(ValueError("a bug")) is None
     assert peer_fault(KeyboardInterrupt()) is None
+    # Using a session that has closed is the link ending, not a bug, only then.
+    late = SessionUsageError("session is closed, not open")
+    assert peer_fault(ExceptionGroup("g", [late]), closed=True) is late
+    assert peer_fault(late) is None
+
+
+async def test_a_task_that_sends_after_the_peer_said_goodbye_ends_only_the_link(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def late_sender(self: PeerLink) -> None:
+        await self.opened.wait()
+        async with trio.open_nursery():
+            self.session.bye_frame("closing")  # as when the reader got a BYE
+            await self.conn.send(self.session.ping_frame(1))  # raises SessionUsageError
+
+    monkeypatch.setattr(PeerLink, "_notifier", late_sender)
+    a = make_node(tmp_path, "a")
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(a.run)
+            b = make_node(tmp_path, "b", bootstrap=(a.bound[0],))
+            events = a.events.subscribe()
+            await nursery.start(b.run)
+            assert (await next_event(events, "peer"))["connected"] is True
+            while (await next_event(events, "peer"))["connected"]:
+                pass
+            nursery.cancel_scope.cancel()
 
 
 async def test_a_peer_fault_inside_a_task_with_its_own_nursery_ends_only_the_link(
