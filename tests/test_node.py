@@ -174,17 +174,7 @@ async def test_a_task_that_sends_after_the_peer_said_goodbye_ends_only_the_link(
             await self.conn.send(self.session.ping_frame(1))  # raises SessionUsageError
 
     monkeypatch.setattr(PeerLink, "_notifier", late_sender)
-    a = make_node(tmp_path, "a")
-    with trio.fail_after(DEADLINE):
-        async with trio.open_nursery() as nursery:
-            await nursery.start(a.run)
-            b = make_node(tmp_path, "b", bootstrap=(a.bound[0],))
-            events = a.events.subscribe()
-            await nursery.start(b.run)
-            assert (await next_event(events, "peer"))["connected"] is True
-            while (await next_event(events, "peer"))["connected"]:
-                pass
-            nursery.cancel_scope.cancel()
+    await link_ends_and_node_runs_on(tmp_path)
 
 
 async def test_a_peer_fault_inside_a_task_with_its_own_nursery_ends_only_the_link(
@@ -196,6 +186,11 @@ async def test_a_peer_fault_inside_a_task_with_its_own_nursery_ends_only_the_lin
             raise ConnectionClosed("send failed: broken pipe")
 
     monkeypatch.setattr(PeerLink, "_notifier", failing_notifier)
+    await link_ends_and_node_runs_on(tmp_path)
+
+
+async def link_ends_and_node_runs_on(tmp_path: Path) -> None:
+    """Connect b to a, wait for the link to open and then end; a must still run."""
     a = make_node(tmp_path, "a")
     with trio.fail_after(DEADLINE):
         async with trio.open_nursery() as nursery:
@@ -204,7 +199,6 @@ async def test_a_peer_fault_inside_a_task_with_its_own_nursery_ends_only_the_lin
             events = a.events.subscribe()
             await nursery.start(b.run)
             assert (await next_event(events, "peer"))["connected"] is True
-            # The link ends with the peer's fault as its reason; both nodes run on.
             while (await next_event(events, "peer"))["connected"]:
                 pass
             assert a._nursery is not None
