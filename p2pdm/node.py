@@ -614,7 +614,12 @@ def peer_fault(exc: BaseException, *, closed: bool = False) -> Exception | None:
     """The peer's fault that `exc` is: itself, or the first of an exception
     group made of peer faults only; None for anything else (a bug, a
     cancellation), which must propagate. With `closed` (the session has
-    ended), using the closed session counts as the link ending too."""
+    ended), using the closed session counts as the link ending too.
+
+    A group may also hold cancellations, when the link was being closed
+    while the fault happened: the fault still counts. Dropping those
+    Cancelled is safe, as trio raises them again at the next checkpoint
+    inside the cancelled scope."""
     faults = (*PEER_FAULTS, SessionUsageError) if closed else PEER_FAULTS
     leaves: list[BaseException] = []
     pending = [exc]
@@ -622,7 +627,7 @@ def peer_fault(exc: BaseException, *, closed: bool = False) -> Exception | None:
         item = pending.pop()
         if isinstance(item, BaseExceptionGroup):
             pending.extend(reversed(item.exceptions))
-        else:
+        elif not isinstance(item, trio.Cancelled):
             leaves.append(item)
     if leaves and all(isinstance(e, faults) for e in leaves):
         first = leaves[0]

@@ -162,6 +162,11 @@ def test_peer_fault_looks_inside_exception_groups() -> None:
     late = SessionUsageError("session is closed, not open")
     assert peer_fault(ExceptionGroup("g", [late]), closed=True) is late
     assert peer_fault(late) is None
+    # The link was being closed as the fault happened: still the peer's fault.
+    cancelled = trio.Cancelled._create()
+    assert peer_fault(BaseExceptionGroup("g", [closed, cancelled])) is closed
+    assert peer_fault(cancelled) is None
+    assert peer_fault(BaseExceptionGroup("g", [cancelled])) is None
 
 
 async def test_a_task_that_sends_after_the_peer_said_goodbye_ends_only_the_link(
@@ -186,6 +191,23 @@ async def test_a_peer_fault_inside_a_task_with_its_own_nursery_ends_only_the_lin
             raise ConnectionClosed("send failed: broken pipe")
 
     monkeypatch.setattr(PeerLink, "_notifier", failing_notifier)
+    await link_ends_and_node_runs_on(tmp_path)
+
+
+async def test_a_peer_fault_while_the_link_is_being_closed_ends_only_the_link(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def failing_while_closing(self: PeerLink) -> None:
+        await self.opened.wait()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trio.sleep_forever)
+            await trio.lowlevel.checkpoint()  # the child runs
+            # Another task closes the link as this one fails: the group holds
+            # the fault and the child's Cancelled, which the link scope owns.
+            self.cancel_scope.cancel()
+            raise ConnectionClosed("send failed: broken pipe")
+
+    monkeypatch.setattr(PeerLink, "_notifier", failing_while_closing)
     await link_ends_and_node_runs_on(tmp_path)
 
 
