@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import hashlib
 import ipaddress
 import logging
 import random
@@ -134,6 +135,9 @@ PEX_INTERVAL = 600.0
 PEX_MIN_GAP = 5.0
 # Peers whose known records we remember (each at most the peers we know).
 PEX_MEMORY_PEERS = 1024
+# Records already checked, by digest: the same bytes arriving again (every
+# peer passes the mesh's records on) cost no second signature check.
+PEX_CHECKED_RECORDS = 4096
 # Our own record's addresses: listening on a wildcard address advertises
 # the interface addresses, at most this many.
 MAX_ADVERTISED = 8
@@ -1168,6 +1172,8 @@ class Node:
         self.settings = ChatSettings.load(store)
         self._records_held: dict[NodeId, dict[NodeId, int]] = {}  # by recency of use
         self.records_known = 0  # peer records in the store (set at start)
+        self._records_checked: dict[bytes, tuple[NodeId, int]] = {}  # digest -> (id, seq)
+        self.records_remembered = 0  # records recognised there, not verified again
         # Wire bytes of connections that have ended (live ones: see traffic()).
         self._ended_sent = self._ended_received = 0
         self.typing_received = 0
@@ -1518,20 +1524,32 @@ class Node:
         # Runs in a worker thread: each record costs a signature check.
         now = self.now_ms()
         kept, valid = [], []
+        checked = self._records_checked
         for data in records:
+            digest = hashlib.blake2b(data, digest_size=16).digest()
+            known = checked.pop(digest, None)
+            if known is not None:
+                # These exact bytes were verified and offered to the store
+                # before: it holds them or something newer.
+                checked[digest] = known
+                valid.append(known)
+                self.records_remembered += 1
+                continue
             try:
                 record = parse_record(data, now_ms=now)
             except PeerRecordError as exc:
                 log.info("refused a peer record: %s", exc)
                 continue
             valid.append((record.node_id, record.seq))
-            if record.node_id == self.identity.node_id:
-                continue
-            addresses = usable_from(record, via_loopback=via_loopback)
-            if self.store.accept_peer_record(
-                record.node_id, record.seq, record.data, addresses, now
-            ):
-                kept.append(record.node_id)
+            if record.node_id != self.identity.node_id:
+                addresses = usable_from(record, via_loopback=via_loopback)
+                if self.store.accept_peer_record(
+                    record.node_id, record.seq, record.data, addresses, now
+                ):
+                    kept.append(record.node_id)
+            if len(checked) >= PEX_CHECKED_RECORDS:
+                del checked[next(iter(checked))]  # least recently seen
+            checked[digest] = (record.node_id, record.seq)
         if kept:
             self.records_known = self.store.peer_record_count()
         return kept, valid

@@ -207,3 +207,36 @@ async def test_a_node_keeps_its_record_while_its_addresses_stay_the_same(
     moved = await record_of(node(other_port))
     assert moved.seq > first.seq
     assert moved.addresses != first.addresses
+
+
+def test_a_node_verifies_each_record_once_however_often_peers_pass_it_on(
+    tmp_path: Path, alice: Identity, bob: Identity, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from p2pdm import peerrecord
+    from p2pdm.identity import Identity as Id
+    from p2pdm.node import Node, NodeConfig
+
+    config = NodeConfig(home=tmp_path, listen=(("127.0.0.1", 0),), mdns=False)
+    node = Node(config, Id.generate(), Store.open(tmp_path / "store.db"))
+    record = PeerRecord.create(alice, ADDRS[:1], seq=1, timestamp_ms=node.now_ms())
+    parsed: list[bytes] = []
+    real_parse = peerrecord.parse_record
+
+    def counting_parse(data: bytes, *, now_ms: int) -> PeerRecord:
+        parsed.append(data)
+        return real_parse(data, now_ms=now_ms)
+
+    monkeypatch.setattr("p2pdm.node.parse_record", counting_parse)
+    assert node._keep_records((record.data,), True) == ([alice.node_id], [(alice.node_id, 1)])
+    # The same bytes from four more peers: known valid, nothing new, no re-check.
+    for _ in range(4):
+        assert node._keep_records((record.data,), True) == ([], [(alice.node_id, 1)])
+    assert parsed == [record.data]
+    assert node.records_remembered == 4
+    # Other bytes are checked: a forgery is refused, a newer record kept.
+    forged = signed_by(bob, {"id": alice.node_id.public_key, "addrs": [], "seq": 9, "ts": NOW})
+    assert node._keep_records((forged,), True) == ([], [])
+    newer = PeerRecord.create(alice, ADDRS[:2], seq=2, timestamp_ms=node.now_ms())
+    assert node._keep_records((newer.data,), True) == ([alice.node_id], [(alice.node_id, 2)])
+    assert len(parsed) == 3
+    node.store.close()
