@@ -377,7 +377,8 @@ class Committer:
 
     def _apply(self, batch: list[Op], ctx: BatchContext) -> None:
         store = self._store
-        with store.transaction():
+        # Any error fails the whole batch (see _commit_stage): no savepoints.
+        with store.transaction(all_or_nothing=True):
             for op in batch:
                 op.apply(store, ctx)
             ctx.node.seal_receipts(store, ctx)

@@ -529,6 +529,33 @@ def test_transaction_commits_as_one_and_failed_calls_inside_are_atomic(
         assert s.inbox_count() == 1
 
 
+def test_an_all_or_nothing_transaction_refuses_to_commit_after_a_failed_call(
+    tmp_path: Path, alice: Identity, bob: Identity
+) -> None:
+    path = tmp_path / "node.db"
+    msg, sealed = incoming(alice, bob)
+    with Store.open(path) as s:
+        s.add_contact(bob.node_id, "bob", NOW)
+        refused = pytest.raises(StoreError, match=r"failed part way.*nothing in it was stored")
+        with refused, s.transaction(all_or_nothing=True):
+            assert s.accept_incoming(msg, sealed, NOW) is AcceptResult.STORED
+            with pytest.raises(StoreError, match="already used"):
+                s.add_contact(fake_id(b"\x09"), "bob", NOW)
+            # The caller carries on: the next call already refuses.
+            with pytest.raises(StoreError, match="failed part way"):
+                s.add_contact(alice.node_id, "alice", NOW)
+        assert s.inbox_count() == 0
+        # The next transaction has its savepoints again: a failed call inside
+        # it is undone alone.
+        with s.transaction():
+            with pytest.raises(StoreError, match="already used"):
+                s.add_contact(fake_id(b"\x09"), "bob", NOW)
+            assert s.accept_incoming(msg, sealed, NOW) is AcceptResult.STORED
+    with Store.open(path) as s:
+        assert s.inbox_count() == 1
+        assert [c.name for c in s.contacts()] == ["bob"]
+
+
 def test_other_threads_wait_for_a_running_transaction(
     db: Store, alice: Identity, bob: Identity
 ) -> None:
