@@ -149,6 +149,22 @@ def seal(
 
     Raises ValueError for arguments the format cannot carry.
     """
+    sealed, _ = seal_with_outer(
+        sender, recipient, kind, body, timestamp_ms=timestamp_ms, expires_ms=expires_ms
+    )
+    return sealed
+
+
+def seal_with_outer(
+    sender: Identity,
+    recipient: NodeId,
+    kind: int,
+    body: wire.Value,
+    *,
+    timestamp_ms: int,
+    expires_ms: int,
+) -> tuple[bytes, Outer]:
+    """`seal`, with what `parse_outer` would read back from it (without the parsing)."""
     if not 0 <= timestamp_ms <= MAX_TIMESTAMP_MS or not 0 <= expires_ms <= MAX_TIMESTAMP_MS:
         raise ValueError("timestamps are non-negative integer milliseconds below 2^53")
     if not 0 <= kind <= MAX_KIND:
@@ -175,7 +191,7 @@ def seal(
     box = _seal_box(recipient)
     ciphertext = box.encrypt(inner)
     message_id = compute_message_id(ENVELOPE_VERSION, recipient.public_key, expires_ms, ciphertext)
-    return wire.encode(
+    sealed = wire.encode(
         {
             "v": ENVELOPE_VERSION,
             "to": recipient.public_key,
@@ -184,6 +200,7 @@ def seal(
             "id": message_id,
         }
     )
+    return sealed, Outer(ENVELOPE_VERSION, recipient, expires_ms, ciphertext, message_id)
 
 
 def parse_outer(data: bytes) -> Outer:

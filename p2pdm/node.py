@@ -420,7 +420,7 @@ class SendTexts(Enqueue):
     def prepare(self, node: Node, now_ms: int) -> None:
         try:
             for text in self.texts:
-                sealed = envelope.seal(
+                sealed, outer = envelope.seal_with_outer(
                     node.identity,
                     self.to,
                     MessageKind.TEXT,
@@ -428,7 +428,6 @@ class SendTexts(Enqueue):
                     timestamp_ms=self.now_ms,
                     expires_ms=self.expires_ms,
                 )
-                outer = envelope.parse_outer(sealed)
                 self.rows.append((sealed, outer, int(MessageKind.TEXT), text))
         except ValueError as exc:
             self.invalid = str(exc)
@@ -1667,7 +1666,7 @@ class Node:
                     chunk = ids[start : start + MAX_RECEIPT_IDS]
                     ids_value: list[wire.Value] = list(chunk)
                     body: dict[wire.Key, wire.Value] = {"ids": ids_value}
-                    sealed = envelope.seal(
+                    sealed, outer = envelope.seal_with_outer(
                         self.identity,
                         sender,
                         kind,
@@ -1675,7 +1674,6 @@ class Node:
                         timestamp_ms=ctx.now_ms,
                         expires_ms=ctx.now_ms + self.config.ttl_ms,
                     )
-                    outer = envelope.parse_outer(sealed)
                     Enqueue([(sealed, outer, kind, body)]).apply(store, ctx)
 
     # --- chat: who is accepted, read receipts, typing --------------------------

@@ -30,6 +30,16 @@ def test_round_trip(alice: Identity, bob: Identity) -> None:
     assert outer.recipient == bob.node_id
 
 
+def test_the_outer_view_given_with_a_sealed_envelope_is_what_parsing_reads(
+    alice: Identity, bob: Identity
+) -> None:
+    sealed, outer = envelope.seal_with_outer(
+        alice, bob.node_id, MessageKind.TEXT, "hi", timestamp_ms=NOW, expires_ms=LATER
+    )
+    assert outer == envelope.parse_outer(sealed)
+    assert envelope.open_envelope(bob, sealed, outer=outer).body == "hi"
+
+
 def test_relay_view_reveals_neither_sender_nor_text(alice: Identity, bob: Identity) -> None:
     sealed = seal_text(alice, bob, "a secret plan")
     assert b"a secret plan" not in sealed
