@@ -72,6 +72,7 @@ from p2pdm.settings import AcceptPolicy, ChatSettings
 from p2pdm.store import (
     AcceptResult,
     AddressSource,
+    Queued,
     RelayQuota,
     RelayResult,
     Store,
@@ -91,7 +92,7 @@ from p2pdm.transport import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Iterable
+    from collections.abc import Awaitable, Callable, Iterable, Sequence
     from pathlib import Path
 
     from p2pdm.discovery.mdns import DialHint, MdnsDiscovery
@@ -276,6 +277,13 @@ class Op(abc.ABC):
     def apply(self, store: Store, ctx: BatchContext) -> None:
         """Write this op's rows; runs in the committer's worker thread."""
 
+    @classmethod
+    def apply_run(cls, ops: Sequence[Op], store: Store, ctx: BatchContext) -> None:
+        """Apply consecutive ops of this class, as `apply` one after the other
+        would (a class may override it to write them all at once)."""
+        for op in ops:
+            op.apply(store, ctx)
+
 
 @dataclass
 class BatchContext:
@@ -292,6 +300,13 @@ class BatchContext:
     relayed: int = 0
     released: int = 0
     notices_back: list[tuple[NodeId, bytes]] = field(default_factory=list)
+    accepted: dict[NodeId, bool] = field(default_factory=dict)
+    """`Node.accepts` answers in this batch (ops that accept a peer drop theirs)."""
+
+    def accepts(self, store: Store, peer: NodeId) -> bool:
+        if peer not in self.accepted:
+            self.accepted[peer] = self.node.accepts(store, peer)
+        return self.accepted[peer]
 
 
 class Committer:
@@ -379,8 +394,14 @@ class Committer:
         store = self._store
         # Any error fails the whole batch (see _commit_stage): no savepoints.
         with store.transaction(all_or_nothing=True):
-            for op in batch:
-                op.apply(store, ctx)
+            start = 0
+            while start < len(batch):
+                kind = type(batch[start])
+                end = start + 1
+                while end < len(batch) and type(batch[end]) is kind:
+                    end += 1
+                kind.apply_run(batch[start:end], store, ctx)
+                start = end
             ctx.node.seal_receipts(store, ctx)
 
 
@@ -392,18 +413,15 @@ class Enqueue(Op):
         self.rows = rows
 
     def apply(self, store: Store, ctx: BatchContext) -> None:
-        for sealed, outer, kind, body in self.rows:
-            new = store.enqueue(
-                message_id=outer.message_id,
-                recipient=outer.recipient,
-                envelope=sealed,
-                kind=kind,
-                body=body,
-                now_ms=ctx.now_ms,
-                expires_ms=outer.expires_ms,
-            )
+        items = [
+            Queued(outer.message_id, outer.recipient, sealed, kind, body, outer.expires_ms)
+            for sealed, outer, kind, body in self.rows
+        ]
+        for item, new in zip(items, store.enqueue_many(items, ctx.now_ms), strict=True):
             if new:
-                ctx.outgoing.append(Outgoing(outer.message_id, outer.recipient, sealed, kind))
+                ctx.outgoing.append(
+                    Outgoing(item.message_id, item.recipient, item.envelope, item.kind)
+                )
 
 
 class SendTexts(Enqueue):
@@ -437,6 +455,7 @@ class SendTexts(Enqueue):
         super().apply(store, ctx)
         if self.rows:
             store.accept_peer(self.to, ctx.now_ms)  # writing to someone accepts them
+            ctx.accepted.pop(self.to, None)
 
 
 class MarkRead(Op):
@@ -452,7 +471,7 @@ class MarkRead(Op):
         node = ctx.node
         for sender, ids in store.mark_read_by_sender(self.ids, peer=self.peer).items():
             self.changed += ids
-            if node.settings.read_receipts and node.accepts(store, sender):
+            if node.settings.read_receipts and ctx.accepts(store, sender):
                 ctx.reads.setdefault(sender, []).extend(ids)
 
 
@@ -520,15 +539,31 @@ class IncomingPush(Op):
             self.reason = verdict.reason
 
     def apply(self, store: Store, ctx: BatchContext) -> None:
-        node = ctx.node
-        if self.for_relay is not None:
-            self._hold(self.for_relay, store, ctx)
-            return
-        msg = self.message
-        if msg is None:
-            return  # refused in prepare(); the reason is set
-        strangers = node.settings.accept is not AcceptPolicy.CONTACTS
-        result = store.accept_incoming(msg, self.data, ctx.now_ms, strangers=strangers)
+        self.apply_run([self], store, ctx)
+
+    @classmethod
+    def apply_run(cls, ops: Sequence[Op], store: Store, ctx: BatchContext) -> None:
+        # Our mail is stored all at once (as one after the other would be),
+        # then each op settles in order: nothing below reads what it wrote.
+        pushes = [op for op in ops if isinstance(op, IncomingPush)]
+        mine = [op for op in pushes if op.for_relay is None and op.message is not None]
+        strangers = ctx.node.settings.accept is not AcceptPolicy.CONTACTS
+        results = store.accept_incoming_many(
+            [(op.message, op.data) for op in mine if op.message is not None],
+            ctx.now_ms,
+            strangers=strangers,
+        )
+        outcome = {id(op): result for op, result in zip(mine, results, strict=True)}
+        for op in pushes:
+            if op.for_relay is not None:
+                op._hold(op.for_relay, store, ctx)
+            elif id(op) in outcome:
+                op._settle(outcome[id(op)], store, ctx)
+            # else refused in prepare(); the reason is set
+
+    def _settle(self, result: AcceptResult, store: Store, ctx: BatchContext) -> None:
+        node, msg = ctx.node, self.message
+        assert msg is not None
         if result is AcceptResult.STORED:
             self.status = AckStatus.STORED
             self.holding = True
@@ -544,7 +579,7 @@ class IncomingPush(Op):
                     ctx.events.append(("read", {"id": mid.hex(), "by": str(msg.sender)}))
             else:
                 ctx.receipts.setdefault(msg.sender, []).append(msg.message_id)
-                request = not node.accepts(store, msg.sender)
+                request = not ctx.accepts(store, msg.sender)
                 ctx.events.append(("message", {**node.inbox_event(msg), "request": request}))
                 ctx.received += 1
         elif result is AcceptResult.DUPLICATE:

@@ -399,6 +399,18 @@ class InboxRow:
 
 
 @dataclass(frozen=True)
+class Queued:
+    """An envelope to queue in the outbox (see `Store.enqueue`)."""
+
+    message_id: bytes
+    recipient: NodeId
+    envelope: bytes
+    kind: int
+    body: wire.Value
+    expires_ms: int
+
+
+@dataclass(frozen=True)
 class OutboxRow:
     """An outgoing message and its delivery state."""
 
@@ -601,6 +613,9 @@ def _decode_body(blob: bytes) -> wire.Value:
 
 
 # --- the store --------------------------------------------------------------
+
+# Ids bound in one statement (SQLite allows 32,766 variables since 3.32).
+_IDS_PER_STATEMENT = 500
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
@@ -935,7 +950,6 @@ class Store:
 
     # --- seen ids and inbox ----------------------------------------------
 
-    @_db
     def accept_incoming(
         self, msg: Message, envelope_bytes: bytes, now_ms: int, *, strangers: bool = True
     ) -> AcceptResult:
@@ -945,45 +959,76 @@ class Store:
         so it can be re-verified or exported later. With `strangers` False,
         a sender that is not a contact is dropped like a blocked one.
         """
+        [result] = self.accept_incoming_many([(msg, envelope_bytes)], now_ms, strangers=strangers)
+        return result
+
+    @_db
+    def accept_incoming_many(
+        self,
+        messages: Sequence[tuple[Message, bytes]],
+        now_ms: int,
+        *,
+        strangers: bool = True,
+    ) -> list[AcceptResult]:
+        """`accept_incoming` for many messages in order, with one statement
+        per table: the same id twice is stored once, as one after the other."""
         _check_ms(now_ms, "now_ms")
-        message_id = _check_id(msg.message_id)
-        if msg.expires_ms <= now_ms:
-            return AcceptResult.EXPIRED
-        if msg.timestamp_ms > now_ms + MAX_FUTURE_SKEW_MS:
-            return AcceptResult.FUTURE
-        body = wire.encode(msg.body)
+        results: list[AcceptResult | None] = []
+        for msg, _ in messages:
+            _check_id(msg.message_id)
+            if msg.expires_ms <= now_ms:
+                results.append(AcceptResult.EXPIRED)
+            elif msg.timestamp_ms > now_ms + MAX_FUTURE_SKEW_MS:
+                results.append(AcceptResult.FUTURE)
+            else:
+                results.append(None)
+        ids = [msg.message_id for (msg, _), r in zip(messages, results, strict=True) if r is None]
         with self._write() as conn:
-            cur = conn.execute(
-                "INSERT INTO seen (message_id, expires_ms) VALUES (?, ?)"
-                " ON CONFLICT (message_id) DO NOTHING",
-                (message_id, msg.expires_ms),
-            )
-            if cur.rowcount != 1:
-                return AcceptResult.DUPLICATE
-            contact = self._contact(msg.sender.public_key)
-            if (contact is not None and contact[0]) or (contact is None and not strangers):
-                return AcceptResult.BLOCKED
-            conn.execute(
+            seen = self._ids_in(conn, "seen", ids)
+            contacts: dict[bytes, tuple[int] | None] = {}
+            seen_rows, inbox_rows, search_rows = [], [], []
+            for i, (msg, data) in enumerate(messages):
+                if results[i] is not None:
+                    continue
+                message_id, sender = msg.message_id, msg.sender.public_key
+                if message_id in seen:
+                    results[i] = AcceptResult.DUPLICATE
+                    continue
+                seen.add(message_id)
+                seen_rows.append((message_id, msg.expires_ms))
+                if sender not in contacts:
+                    contacts[sender] = self._contact(sender)
+                contact = contacts[sender]
+                if (contact is not None and contact[0]) or (contact is None and not strangers):
+                    results[i] = AcceptResult.BLOCKED
+                    continue
+                inbox_rows.append(
+                    (
+                        message_id,
+                        sender,
+                        msg.recipient.public_key,
+                        msg.timestamp_ms,
+                        msg.expires_ms,
+                        now_ms,
+                        msg.kind,
+                        wire.encode(msg.body),
+                        bytes(data),
+                    )
+                )
+                if msg.kind == TEXT_KIND and isinstance(msg.body, str):
+                    search_rows.append((msg.body, sender, message_id))
+                results[i] = AcceptResult.STORED
+            conn.executemany("INSERT INTO seen (message_id, expires_ms) VALUES (?, ?)", seen_rows)
+            conn.executemany(
                 "INSERT INTO inbox (message_id, sender, recipient, ts_ms, expires_ms,"
                 " received_ms, kind, body, envelope) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    message_id,
-                    msg.sender.public_key,
-                    msg.recipient.public_key,
-                    msg.timestamp_ms,
-                    msg.expires_ms,
-                    now_ms,
-                    msg.kind,
-                    body,
-                    bytes(envelope_bytes),
-                ),
+                inbox_rows,
             )
-            if msg.kind == TEXT_KIND and isinstance(msg.body, str):
-                conn.execute(
-                    "INSERT INTO search (text, peer, mine, message_id) VALUES (?, ?, 0, ?)",
-                    (msg.body, msg.sender.public_key, message_id),
-                )
-        return AcceptResult.STORED
+            conn.executemany(
+                "INSERT INTO search (text, peer, mine, message_id) VALUES (?, ?, 0, ?)",
+                search_rows,
+            )
+        return [r for r in results if r is not None]
 
     @_db
     def is_seen(self, message_id: bytes) -> bool:
@@ -1113,7 +1158,6 @@ class Store:
 
     # --- outbox ----------------------------------------------------------
 
-    @_db
     def enqueue(
         self,
         *,
@@ -1130,39 +1174,62 @@ class Store:
         The envelope is resent exactly as given; `kind` and `body` are kept
         to show the message.
         """
-        _check_id(message_id)
+        [new] = self.enqueue_many(
+            [Queued(message_id, recipient, envelope, kind, body, expires_ms)], now_ms
+        )
+        return new
+
+    @_db
+    def enqueue_many(self, items: Sequence[Queued], now_ms: int) -> list[bool]:
+        """`enqueue` for many envelopes at once (one statement per table):
+        for each, whether it was new. Nothing is queued if any is invalid."""
         _check_ms(now_ms, "now_ms")
-        _check_ms(expires_ms, "expires_ms")
-        if expires_ms <= now_ms:
-            raise StoreError("cannot queue a message that has already expired")
-        if not isinstance(envelope, bytes) or not envelope:
-            raise StoreError("envelope must be the sealed envelope bytes")
-        try:
-            encoded = wire.encode(body)
-        except wire.WireUsageError as exc:
-            raise StoreError(f"message body cannot be stored: {exc}") from None
-        with self._write() as conn:
-            cur = conn.execute(
-                "INSERT INTO outbox (message_id, recipient, envelope, kind, body, created_ms,"
-                " expires_ms, state) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
-                " ON CONFLICT (message_id) DO NOTHING",
+        rows = []
+        for item in items:
+            _check_id(item.message_id)
+            _check_ms(item.expires_ms, "expires_ms")
+            if item.expires_ms <= now_ms:
+                raise StoreError("cannot queue a message that has already expired")
+            if not isinstance(item.envelope, bytes) or not item.envelope:
+                raise StoreError("envelope must be the sealed envelope bytes")
+            try:
+                encoded = wire.encode(item.body)
+            except wire.WireUsageError as exc:
+                raise StoreError(f"message body cannot be stored: {exc}") from None
+            rows.append(
                 (
-                    message_id,
-                    _check_node(recipient),
-                    envelope,
-                    int(kind),
+                    item.message_id,
+                    _check_node(item.recipient),
+                    item.envelope,
+                    int(item.kind),
                     encoded,
                     now_ms,
-                    expires_ms,
+                    item.expires_ms,
                     OutboxState.QUEUED.value,
-                ),
-            )
-            if cur.rowcount == 1 and kind == TEXT_KIND and isinstance(body, str):
-                conn.execute(
-                    "INSERT INTO search (text, peer, mine, message_id) VALUES (?, ?, 1, ?)",
-                    (body, recipient.public_key, message_id),
                 )
-            return cur.rowcount == 1
+            )
+        ids = [row[0] for row in rows]
+        with self._write() as conn:
+            held = self._ids_in(conn, "outbox", ids)
+            new = []
+            for mid in ids:
+                new.append(mid not in held)
+                held.add(mid)  # the same id twice in `items`: the first one counts
+            fresh = [row for row, is_new in zip(rows, new, strict=True) if is_new]
+            conn.executemany(
+                "INSERT INTO outbox (message_id, recipient, envelope, kind, body, created_ms,"
+                " expires_ms, state) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                fresh,
+            )
+            conn.executemany(
+                "INSERT INTO search (text, peer, mine, message_id) VALUES (?, ?, 1, ?)",
+                [
+                    (item.body, item.recipient.public_key, item.message_id)
+                    for item, is_new in zip(items, new, strict=True)
+                    if is_new and item.kind == TEXT_KIND and isinstance(item.body, str)
+                ],
+            )
+        return new
 
     @_db
     def pending_for(
@@ -1354,6 +1421,19 @@ class Store:
         return None if row is None else self._outbox_row(row)
 
     @staticmethod
+    def _ids_in(conn: sqlite3.Connection, table: str, ids: Sequence[bytes]) -> set[bytes]:
+        """Which of `ids` the table (keyed by message_id) holds."""
+        found: set[bytes] = set()
+        for start in range(0, len(ids), _IDS_PER_STATEMENT):
+            chunk = ids[start : start + _IDS_PER_STATEMENT]
+            marks = ", ".join("?" * len(chunk))
+            rows = conn.execute(
+                f"SELECT message_id FROM {table} WHERE message_id IN ({marks})", chunk
+            )
+            found.update(bytes(r[0]) for r in rows)
+        return found
+
+    @staticmethod
     def _advance(
         conn: sqlite3.Connection,
         ids: list[bytes],
@@ -1364,23 +1444,28 @@ class Store:
         sources = _MOVES_TO[to]
         marks = ", ".join("?" for _ in sources)
         delivered = to in (OutboxState.DELIVERED, OutboxState.READ)
-        sql = (
-            "UPDATE outbox SET state = ?"
-            + (", delivered_ms = coalesce(delivered_ms, ?)" if delivered else "")
-            + f" WHERE message_id = ? AND state IN ({marks})"
-            + (" AND recipient = ?" if recipient is not None else "")
-        )
         changed = []
-        for mid in ids:
+        unique = list(dict.fromkeys(ids))
+        # A statement per chunk of ids, not per id: a receipt covers hundreds.
+        for start in range(0, len(unique), _IDS_PER_STATEMENT):
+            chunk = unique[start : start + _IDS_PER_STATEMENT]
+            sql = (
+                "UPDATE outbox SET state = ?"
+                + (", delivered_ms = coalesce(delivered_ms, ?)" if delivered else "")
+                + f" WHERE message_id IN ({', '.join('?' for _ in chunk)})"
+                + f" AND state IN ({marks})"
+                + (" AND recipient = ?" if recipient is not None else "")
+                + " RETURNING message_id"
+            )
             args: list[object] = [to.value]
             if delivered:
                 args.append(now_ms)
-            args.append(mid)
+            args.extend(chunk)
             args.extend(s.value for s in sources)
             if recipient is not None:
                 args.append(recipient)
-            if conn.execute(sql, args).rowcount:
-                changed.append(mid)
+            moved = {bytes(r[0]) for r in conn.execute(sql, args).fetchall()}
+            changed += [mid for mid in chunk if mid in moved]
         return changed
 
     @staticmethod

@@ -24,6 +24,7 @@ from p2pdm.store import (
     AcceptResult,
     AddressSource,
     OutboxState,
+    Queued,
     Store,
     StoreError,
 )
@@ -122,6 +123,41 @@ def test_expired_and_future_messages_are_refused_and_not_remembered(
     assert db.accept_incoming(msg, sealed, NOW + 1) is AcceptResult.STORED
 
 
+def test_many_messages_are_taken_in_order_as_one_after_the_other(
+    db: Store, alice: Identity, bob: Identity
+) -> None:
+    carol = Identity.generate()
+    db.set_blocked(carol.node_id, True, NOW)
+    first, again, blocked = (
+        incoming(alice, bob, "one"),
+        incoming(alice, bob, "two"),
+        incoming(carol, bob, "from a blocked sender"),
+    )
+    expired = incoming(alice, bob, "late", exp=NOW)
+    future = incoming(alice, bob, "ahead", ts=NOW + MAX_FUTURE_SKEW_MS + 1)
+    assert db.accept_incoming(*first, NOW) is AcceptResult.STORED
+    batch = [first, again, again, blocked, blocked, expired, future]
+    assert db.accept_incoming_many(batch, NOW) == [
+        AcceptResult.DUPLICATE,  # stored before
+        AcceptResult.STORED,
+        AcceptResult.DUPLICATE,  # the same id earlier in this call
+        AcceptResult.BLOCKED,
+        AcceptResult.DUPLICATE,  # its id is remembered though it was dropped
+        AcceptResult.EXPIRED,
+        AcceptResult.FUTURE,
+    ]
+    assert [r.body for r in db.inbox()] == ["one", "two"]
+    assert [h.message_id for h in db.search("two", 10)] == [again[0].message_id]
+    # Strangers refused: a contact's message is still taken.
+    db.add_contact(alice.node_id, "alice", NOW)
+    dave = incoming(Identity.generate(), bob, "hi")
+    more = incoming(alice, bob, "three")
+    assert db.accept_incoming_many([dave, more], NOW, strangers=False) == [
+        AcceptResult.BLOCKED,
+        AcceptResult.STORED,
+    ]
+
+
 def test_blocked_sender_is_dropped_but_remembered(
     db: Store, alice: Identity, bob: Identity
 ) -> None:
@@ -177,6 +213,38 @@ def test_inbox_filters_follow_and_read_flags(db: Store, alice: Identity, bob: Id
 
 
 # --- outbox -----------------------------------------------------------------
+
+
+def queued(sender: Identity, to: NodeId, text: str, exp: int = LATER) -> Queued:
+    sealed, outer = envelope.seal_with_outer(
+        sender, to, MessageKind.TEXT, text, timestamp_ms=NOW, expires_ms=exp
+    )
+    return Queued(outer.message_id, to, sealed, MessageKind.TEXT, text, exp)
+
+
+def test_many_envelopes_queue_at_once_each_id_once(
+    db: Store, alice: Identity, bob: Identity
+) -> None:
+    old = queued(alice, bob.node_id, "queued before")
+    assert db.enqueue_many([old], NOW) == [True]
+    items = [queued(alice, bob.node_id, f"note {i}") for i in range(1200)]
+    # Already queued, or twice in the same call: only the first copy is new.
+    answer = db.enqueue_many([items[0], old, *items, items[5]], NOW)
+    assert answer == [True, False, False, *[True] * 1199, False]
+    assert [r.message_id for r in db.pending_for(bob.node_id, NOW, 2000)] == [
+        old.message_id,
+        *[i.message_id for i in items],
+    ]
+    assert len(db.search("note", 2000)) == 1200
+    # One invalid item: nothing of the call is queued.
+    late = queued(alice, bob.node_id, "one more")
+    with pytest.raises(StoreError, match="already expired"):
+        db.enqueue_many([late, queued(alice, bob.node_id, "expired", exp=NOW)], NOW)
+    assert db.outbox_message(late.message_id) is None
+    # A receipt for all of them moves each once, in the order given.
+    ids = [i.message_id for i in reversed(items)]
+    assert db.mark_delivered([*ids, ids[0]], NOW + 1, recipient=bob.node_id) == ids
+    assert db.mark_delivered(ids, NOW + 2, recipient=bob.node_id) == []
 
 
 def state_of(s: Store, mid: bytes) -> OutboxState:
