@@ -2,7 +2,7 @@
 relays) over TCP on 127.0.0.1, with people coming and going.
 
     .venv/bin/python scripts/simulate_mesh.py [--sizes 25,50,100] [--seconds 60]
-        [--drain 30] [--relays N] [--messages-per-node 3] [--seed 1]
+        [--drain 30] [--drain-max 300] [--relays N] [--messages-per-node 3] [--seed 1]
         [--json docs/mesh.json] [--plot docs/mesh.png]
 
 For each size: a few always-on relays (relay on; every other node has
@@ -12,7 +12,9 @@ seconds; a node leaves gracefully and comes back with the same identity,
 store and port). Every node bootstraps to the relays; each has a few random
 contacts, and more are added as people write to each other. A workload of
 direct messages, each from an online sender to a random other node, is
-spread over --seconds. Then every node comes online for --drain seconds.
+spread over --seconds, each send on time in its own task. Then every node
+comes online (the drain) until every message has arrived, or none arrived
+for --drain seconds, or --drain-max seconds passed.
 
 Reported per size:
 - delivery ratio at the end of the schedule, of messages whose recipient
@@ -23,7 +25,10 @@ Reported per size:
 - bytes sent per delivered message (all peer traffic of all nodes, with
   handshakes, pings, peer exchange and reconciliation), and its ratio to the
   mean envelope size (target <= 4 at 100 nodes);
-- memory: the process's peak RSS divided by the number of nodes.
+- memory: the process's peak RSS divided by the number of nodes;
+- how far into the drain the last message arrived, and the process's CPU
+  time over wall time (near 1 or above: the nodes were short of CPU, and
+  latencies are mostly waiting).
 
 The nodes share one process (and one core's worth of GIL), so latencies
 include waiting for other nodes' work. All nodes are on 127.0.0.1, so the
@@ -123,11 +128,16 @@ class Run:
     nodes: int
     relays: int
     seconds: float
-    drain: float
     members: list[Member] = field(default_factory=list)
     sent: list[Sent] = field(default_factory=list)
     arrived: dict[bytes, float] = field(default_factory=dict)
     held: int = 0
+    cpu_busy: float = 0.0
+    """Process CPU time over wall time for the whole run (the load it was under)."""
+    drained: float = 0.0
+    """Seconds of drain it took: to the last arrival, or until it gave up."""
+    done: trio.Event = field(default_factory=trio.Event)
+    """Set when the drain ends: every node then stops."""
     traffic: int = 0
     """Bytes sent by all nodes (added as each node stops)."""
     started: float = 0.0
@@ -157,7 +167,7 @@ def schedule(
 
 async def live(run: Run, member: Member, relay_addresses: list[tuple[str, int]]) -> None:
     """Run `member`'s node through its online periods, then the drain."""
-    periods = [*member.periods, (run.seconds, run.seconds + run.drain)]
+    periods = [*member.periods, (run.seconds, math.inf)]  # the drain ends on run.done
     for start, end in periods:
         await trio.sleep(max(0.0, start - run.now()))
         if run.now() >= end:
@@ -179,7 +189,10 @@ async def live(run: Run, member: Member, relay_addresses: list[tuple[str, int]])
                 await nursery.start(node.run)
                 nursery.start_soon(watch, run, events)
                 member.node = node
-                await trio.sleep(max(0.0, end - run.now()))
+                if end == math.inf:
+                    await run.done.wait()
+                else:
+                    await trio.sleep(max(0.0, end - run.now()))
                 member.node = None
                 await node.shutdown()
                 nursery.cancel_scope.cancel()
@@ -206,34 +219,41 @@ def take(run: Run, name: str, data: dict[str, Any]) -> None:
 
 
 async def workload(run: Run, rng: random.Random, count: int, after: float) -> None:
-    """`count` messages at random times after `after`, each from an online sender."""
+    """`count` messages at random times after `after`, each from an online sender.
+
+    Each send is its own task, so a slow commit never delays the next send
+    past its time (which would squeeze the late ones into the drain)."""
     times = sorted(rng.uniform(after + 1.0, run.seconds - 1.0) for _ in range(count))
-    for n, at in enumerate(times):
-        await trio.sleep(max(0.0, at - run.now()))
-        online = [m for m in run.members if m.node is not None]
-        if not online:
-            continue
-        sender = rng.choice(online)
-        recipient = rng.choice([m for m in run.members if m is not sender])
-        node = sender.node
-        assert node is not None
-        sent_at = run.now()
-        # The sender may stop this instant: its committer then never answers
-        # (a daemon's API stops with it; here the workload is outside it).
-        mid = None
-        with trio.move_on_after(SEND_TIMEOUT):
-            try:
-                [mid] = await node.send_texts(
-                    recipient.identity.node_id, [f"message {n} to {recipient.index}"]
-                )
-            except Exception as exc:
-                print(f"  send {n} failed: {exc}", file=sys.stderr)
-        if mid is None or sender.node is not node:
-            continue  # not sent, or the sender stopped meanwhile (its store is closed)
-        row = node.store.outbox_message(mid)
-        run.sent.append(
-            Sent(mid, sender.index, recipient.index, sent_at, len(row.envelope) if row else 0)
-        )
+    async with trio.open_nursery() as nursery:
+        for n, at in enumerate(times):
+            await trio.sleep(max(0.0, at - run.now()))
+            online = [m for m in run.members if m.node is not None]
+            if not online:
+                continue
+            sender = rng.choice(online)
+            recipient = rng.choice([m for m in run.members if m is not sender])
+            assert sender.node is not None
+            nursery.start_soon(send_one, run, n, sender, sender.node, recipient)
+
+
+async def send_one(run: Run, n: int, sender: Member, node: Node, recipient: Member) -> None:
+    sent_at = run.now()
+    # The sender may stop this instant: its committer then never answers
+    # (a daemon's API stops with it; here the workload is outside it).
+    mid = None
+    with trio.move_on_after(SEND_TIMEOUT):
+        try:
+            [mid] = await node.send_texts(
+                recipient.identity.node_id, [f"message {n} to {recipient.index}"]
+            )
+        except Exception as exc:
+            print(f"  send {n} failed: {exc}", file=sys.stderr)
+    if mid is None or sender.node is not node:
+        return  # not sent, or the sender stopped meanwhile (its store is closed)
+    row = node.store.outbox_message(mid)
+    run.sent.append(
+        Sent(mid, sender.index, recipient.index, sent_at, len(row.envelope) if row else 0)
+    )
 
 
 async def simulate(size: int, args: argparse.Namespace, root: Path) -> dict[str, Any]:
@@ -242,7 +262,7 @@ async def simulate(size: int, args: argparse.Namespace, root: Path) -> dict[str,
     trio.to_thread.current_default_thread_limiter().total_tokens = 4 * size
     rng = random.Random(args.seed * 1000 + size)
     relays = args.relays or max(2, size // 20)
-    run = Run(size, relays, args.seconds, args.drain)
+    run = Run(size, relays, args.seconds)
     ports = listen_ports(size, rng)
     for i in range(size):
         home = root / f"n{i}"
@@ -270,6 +290,7 @@ async def simulate(size: int, args: argparse.Namespace, root: Path) -> dict[str,
         ]
     run.seconds += args.warmup
     run.started = time.monotonic()
+    cpu_at_start = time.process_time()
     async with trio.open_nursery() as nursery:
         for member in run.members:
             nursery.start_soon(live, run, member, relay_addresses)
@@ -279,8 +300,29 @@ async def simulate(size: int, args: argparse.Namespace, root: Path) -> dict[str,
         await trio.sleep(max(0.0, run.seconds - run.now()))
         at_schedule_end = dict(run.arrived)
         schedule_traffic = run.traffic_now() - warm_traffic
+        await drain(run, args.drain, args.drain_max)
+        run.done.set()
+    run.cpu_busy = (time.process_time() - cpu_at_start) / run.now()
     explain_missing(run)
     return report(run, at_schedule_end, schedule_traffic)
+
+
+async def drain(run: Run, quiet: float, longest: float) -> None:
+    """Everyone is online: wait until every message arrived, or none arrived
+    for `quiet` seconds, or `longest` seconds passed."""
+    started = last_count_at = run.now()
+    last_count = -1
+    while run.now() - started < longest:
+        count = sum(1 for s in run.sent if s.message_id in run.arrived)
+        if count == len(run.sent):
+            break
+        if count != last_count:
+            last_count, last_count_at = count, run.now()
+        elif run.now() - last_count_at >= quiet:
+            break
+        await trio.sleep(0.5)  # the polling period of this harness
+    arrivals = [run.arrived[s.message_id] for s in run.sent if s.message_id in run.arrived]
+    run.drained = max([0.0, *(t - started for t in arrivals)])
 
 
 def explain_missing(run: Run) -> None:
@@ -340,6 +382,8 @@ def report(run: Run, at_schedule_end: dict[bytes, float], schedule_traffic: int)
         else 1.0,
         "delivered": len(delivered),
         "delivery_ratio": len(delivered) / len(run.sent) if run.sent else 1.0,
+        "drain_s": run.drained,
+        "cpu_busy": run.cpu_busy,
         "latency_s": {
             "p50": q[49],
             "p90": q[89],
@@ -368,7 +412,8 @@ def show(r: dict[str, Any]) -> None:
         f"{r['deliverable_in_schedule']} deliverable"
         f" ({100 * r['delivery_ratio_in_schedule']:.1f} %)\n"
         f"  delivered after the drain      {r['delivered']}/{r['messages']}"
-        f" ({100 * r['delivery_ratio']:.1f} %)\n"
+        f" ({100 * r['delivery_ratio']:.1f} %), the last {r['drain_s']:.1f} s into it\n"
+        f"  process CPU / wall time        {r['cpu_busy']:.2f} (over 1: more than one core)\n"
         f"  latency                        p50 {lat['p50']:.2f} s  p90 {lat['p90']:.2f} s"
         f"  p99 {lat['p99']:.2f} s  max {lat['max']:.2f} s\n"
         f"  relay copies per message       {r['copies_per_message']:.2f}\n"
@@ -442,7 +487,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="25,50,100")
     parser.add_argument("--seconds", type=float, default=60.0)
-    parser.add_argument("--drain", type=float, default=30.0)
+    parser.add_argument(
+        "--drain", type=float, default=30.0, help="end the drain after this long with no arrival, s"
+    )
+    parser.add_argument("--drain-max", type=float, default=300.0, help="longest drain, s")
     parser.add_argument("--warmup", type=float, default=15.0, help="all online first, s")
     parser.add_argument("--online", type=float, default=20.0, help="mean online stretch, s")
     parser.add_argument("--offline", type=float, default=20.0, help="mean offline stretch, s")
