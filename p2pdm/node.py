@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import functools
 import hashlib
 import ipaddress
 import logging
@@ -136,6 +137,11 @@ PEX_INTERVAL = 600.0
 PEX_MIN_GAP = 5.0
 # Peers whose known records we remember (each at most the peers we know).
 PEX_MEMORY_PEERS = 1024
+# Peer exchange news goes to this many other links, chosen at random (as
+# gossip does): each record still reaches every node, from few neighbours.
+PEX_NEWS_FANOUT = 6
+# Writing when a link ended waits at most this long (even while stopping).
+LINK_END_WRITE_TIMEOUT = 2.0
 # Records already checked, by digest: the same bytes arriving again (every
 # peer passes the mesh's records on) cost no second signature check.
 PEX_CHECKED_RECORDS = 4096
@@ -1397,10 +1403,10 @@ class Node:
                 await trio.sleep(delay)
                 continue
             attempt = 0
-            await self.store_call(
+            note = functools.partial(
                 self.store.note_peer_address, conn.peer, host, port, "bootstrap", self.now_ms()
             )
-            await self._run_link(conn)
+            await self._run_link(conn, note)
             # The link ended: wait a little before redialling, so that a peer
             # that drops us at once is not hammered.
             await trio.sleep(BACKOFF_BASE * (1 + self._rng.random()))
@@ -1418,10 +1424,19 @@ class Node:
         self._ended_sent += conn.bytes_sent
         self._ended_received += conn.bytes_received
 
-    async def _run_link(self, conn: Connection) -> None:
+    async def _run_link(self, conn: Connection, note: Callable[[], object] | None = None) -> None:
+        """Run a new connection to its end, after writing `note` to the store.
+
+        The connection is closed however this ends, also when cancelled
+        before its link started (the peer would otherwise wait out its
+        idle timeout for a socket nobody reads).
+        """
         try:
+            if note is not None:
+                await self.store_call(note)
             await self._run_connection(conn)
         finally:
+            await conn.aclose()
             self._count_ended(conn)
 
     async def _run_connection(self, conn: Connection) -> None:
@@ -1446,15 +1461,28 @@ class Node:
                 return
         self.links[peer] = link
         log.info("connected %s %s", "to" if conn.initiator else "from", peer)
-        link.seen_before = await self.store_call(self.store.peer_seen, peer, self.now_ms())
-        self.events.publish("peer", {"id": str(peer), "connected": True})
         try:
+            link.seen_before = await self.store_call(self.store.peer_seen, peer, self.now_ms())
+            self.events.publish("peer", {"id": str(peer), "connected": True})
             await link.run()
         finally:
-            if self.links.get(peer) is link:
+            current = self.links.get(peer) is link
+            if current:
                 del self.links[peer]
+            await self._note_seen_until_now(peer)
+            if current:
                 self.events.publish("peer", {"id": str(peer), "connected": False})
             log.info("disconnected %s: %s", peer, link.close_reason or "closed")
+
+    async def _note_seen_until_now(self, peer: NodeId) -> None:
+        """A link ended: the peer was seen until now. Peer exchange at the next
+        visit then passes on only records that arrived after this link."""
+        with trio.move_on_after(LINK_END_WRITE_TIMEOUT) as scope:
+            scope.shield = True  # also when the node is stopping
+            try:
+                await self.store_call(self.store.peer_seen, peer, self.now_ms())
+            except StoreError as exc:  # closed or failing: this was only a hint
+                log.debug("could not note when %s was last seen: %s", peer.short(), exc)
 
     def _keep_new(self, old: Connection, new: Connection) -> bool:
         """Both ends pick the same survivor: the one dialled by the lower node id."""
@@ -1547,9 +1575,9 @@ class Node:
             log.info("peer exchange with %s: %d new record(s)", link.peer.short(), len(kept))
             for peer in kept:
                 self.peer_table.new_address(peer)
-            for other in list(self.links.values()):
-                if other is not link:
-                    other.pex_news()
+            others = [other for other in self.links.values() if other is not link]
+            for other in random.sample(others, min(PEX_NEWS_FANOUT, len(others))):
+                other.pex_news()
             self.poke_dialer()
 
     def _keep_records(
@@ -1663,9 +1691,6 @@ class Node:
                     self.store.note_dial_result, peer, row.host, row.port, False, self.now_ms()
                 )
                 continue
-            await self.store_call(
-                self.store.note_dial_result, peer, row.host, row.port, True, self.now_ms()
-            )
             break
         self.peer_table.dial_done(
             peer, conn is not None, trio.current_time(), jitter=self._rng.random()
@@ -1673,8 +1698,11 @@ class Node:
         if conn is None:
             self.poke_dialer()  # its backoff time is now set
             return
+        note = functools.partial(
+            self.store.note_dial_result, peer, row.host, row.port, True, self.now_ms()
+        )
         try:
-            await self._run_link(conn)
+            await self._run_link(conn, note)
         finally:
             self.poke_dialer()  # it may be wanted again
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -109,6 +109,55 @@ async def test_backlog_larger_than_the_link_queue_arrives_once(tmp_path: Path) -
             assert delivered == {i.hex() for i in ids}
             assert len(a.store.inbox()) == count
             assert a.duplicates_received == 0
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_peer_is_last_seen_when_its_connection_ended(tmp_path: Path) -> None:
+    # Peer exchange at the next visit sends what arrived after this time.
+    now = [1_800_000_000_000]
+    a = make_node(tmp_path, "a")
+    a.now_ms = lambda: now[0]
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(a.run)
+            events = a.events.subscribe()
+            b = make_node(tmp_path, "b", bootstrap=(a.bound[0],))
+            async with trio.open_nursery() as b_nursery:
+                await b_nursery.start(b.run)
+                assert (await next_event(events, "peer"))["connected"] is True
+                now[0] += 60_000  # a minute connected
+                b_nursery.cancel_scope.cancel()
+            assert (await next_event(events, "peer"))["connected"] is False
+            [row] = [p for p in a.store.peers() if p.node_id == b.identity.node_id]
+            assert row.last_seen_ms == now[0]
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_node_stopped_before_its_new_link_ran_closes_that_connection(
+    tmp_path: Path,
+) -> None:
+    a = make_node(tmp_path, "a")
+    with trio.fail_after(DEADLINE):  # well under the 90 s idle timeout
+        async with trio.open_nursery() as nursery:
+            await nursery.start(a.run)
+            events = a.events.subscribe()
+            b = make_node(tmp_path, "b", bootstrap=(a.bound[0],))
+            writing = trio.Event()
+            real_store_call = b.store_call
+
+            async def stuck_bootstrap_note(fn: Any, *args: Any) -> Any:
+                if getattr(fn, "func", None) == b.store.note_peer_address:
+                    writing.set()
+                    await trio.sleep_forever()  # b stops right here
+                return await real_store_call(fn, *args)
+
+            b.store_call = stuck_bootstrap_note  # type: ignore[method-assign]
+            async with trio.open_nursery() as b_nursery:
+                await b_nursery.start(b.run)
+                await writing.wait()  # connected and handshaken, link not started
+                b_nursery.cancel_scope.cancel()
+            assert (await next_event(events, "peer"))["connected"] is True
+            assert (await next_event(events, "peer"))["connected"] is False
             nursery.cancel_scope.cancel()
 
 
