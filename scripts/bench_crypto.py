@@ -25,6 +25,7 @@ from p2pdm import envelope, wire
 from p2pdm.envelope import MessageKind
 from p2pdm.handshake import Handshake, NoiseStatic
 from p2pdm.identity import Identity
+from scripts import figures
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -53,6 +54,7 @@ def per_op(fn: Callable[[], object], seconds: float) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=1.0, help="time per operation")
+    figures.add_option(parser)
     args = parser.parse_args()
 
     alice, bob = Identity.generate(), Identity.generate()
@@ -77,27 +79,32 @@ def main() -> None:
             alice, bob.node_id, MessageKind.TEXT, TEXT, timestamp_ms=NOW_MS, expires_ms=EXP_MS
         )
 
-    ops: dict[str, Callable[[], object]] = {
-        "sign (200 B)": lambda: alice.sign(b"x" * 200),
-        "verify (200 B)": lambda: alice.node_id.verify(b"x" * 200, signature),
-        "encode envelope": lambda: wire.encode(doc),
-        "decode envelope": lambda: wire.decode(sealed),
-        "seal+sign (envelope.seal)": seal,
-        "open+verify+decode (open_envelope)": lambda: envelope.open_envelope(bob, sealed),
-        "handshake, both sides": handshake,
+    # label -> (figure name, operation)
+    ops: dict[str, tuple[str, Callable[[], object]]] = {
+        "sign (200 B)": ("sign_us", lambda: alice.sign(b"x" * 200)),
+        "verify (200 B)": ("verify_us", lambda: alice.node_id.verify(b"x" * 200, signature)),
+        "encode envelope": ("encode_envelope_us", lambda: wire.encode(doc)),
+        "decode envelope": ("decode_envelope_us", lambda: wire.decode(sealed)),
+        "seal+sign (envelope.seal)": ("seal_us", seal),
+        "open+verify+decode (open_envelope)": (
+            "open_us",
+            lambda: envelope.open_envelope(bob, sealed),
+        ),
+        "handshake, both sides": ("handshake_us", handshake),
     }
     print(
         f"p2pdm crypto benchmark on {platform.machine()}, {os.cpu_count()} cpus, "
         f"Python {platform.python_version()}; envelope {len(sealed)} B, text {len(TEXT)} chars"
     )
     print(f"{'operation':<38}{'µs/op':>10}{'ops/s':>12}")
-    results: dict[str, float] = {}
-    for name, fn in ops.items():
+    results: figures.Figures = {}
+    for label, (name, fn) in ops.items():
         us = per_op(fn, args.seconds)
         results[name] = us
-        print(f"{name:<38}{us:>10.1f}{1e6 / us:>12,.0f}")
-    send = results["seal+sign (envelope.seal)"]
-    recv = results["open+verify+decode (open_envelope)"]
+        print(f"{label:<38}{us:>10.1f}{1e6 / us:>12,.0f}")
+    send, recv = float(results["seal_us"]), float(results["open_us"])
+    results["sender_ceiling_per_s"] = 1e6 / send
+    results["receiver_ceiling_per_s"] = 1e6 / recv
     print()
     print(f"ceiling, sender:   {1e6 / send:>8,.0f} messages/s per core (seal+sign+encode)")
     print(f"ceiling, receiver: {1e6 / recv:>8,.0f} messages/s per core (open+verify+decode)")
@@ -117,6 +124,8 @@ def main() -> None:
         if elapsed > worst:
             worst_name, worst = name, elapsed
     print(f"hostile corpus: {len(HOSTILE)} items refused, slowest {worst:.2f} ms ({worst_name})")
+    results["hostile_slowest_ms"] = worst
+    figures.write(args.json, results)
 
 
 if __name__ == "__main__":

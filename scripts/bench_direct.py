@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from p2pdm import envelope
 from p2pdm.envelope import MessageKind
 from p2pdm.identity import Identity
+from scripts import figures
 from tests.nodeproc import NodeProcess, init_home
 
 
@@ -94,6 +95,7 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=20_000)
     parser.add_argument("--rate", type=float, default=200.0)
     parser.add_argument("--seconds", type=float, default=10.0)
+    figures.add_option(parser)
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="p2pdm-bench-") as tmp:
@@ -221,6 +223,26 @@ def main() -> None:
     print(
         f"two processes on {os.cpu_count()} cores with nothing but crypto could reach "
         f"{both:,.0f} msgs/s; B's inbox rate is {in_rate / both:.2f} of that"
+    )
+    figures.write(
+        args.json,
+        {
+            "accepted_per_s": accept_rate,
+            "inbox_per_s": in_rate,
+            "receipts_per_s": receipt_rate,
+            "cpu_a_us": sum(cpu_a) * 1e6,
+            "cpu_b_us": sum(cpu_b) * 1e6,
+            "kernel_a_us": cpu_a[1] * 1e6,
+            "kernel_b_us": cpu_b[1] * 1e6,
+            "crypto_ceiling_per_s": both,
+            "inbox_over_crypto_ceiling": in_rate / both,
+            "latency_p50_ms": q[49] * 1000,
+            "latency_p90_ms": q[89] * 1000,
+            "latency_p99_ms": q[98] * 1000,
+            "latency_max_ms": lat[-1] * 1000,
+            "peak_rss_a_mib": peak_a / 1024,
+            "peak_rss_b_mib": peak_b / 1024,
+        },
     )
 
 

@@ -34,6 +34,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from p2pdm.transport import TransportLimits
+from scripts import figures
 from tests.netns import LineReader, NetnsLab, netns_available
 from tests.nodeproc import DEADLINE, NodeProcess, init_home
 
@@ -96,7 +97,7 @@ def summary(values: list[float]) -> str:
     )
 
 
-def time_to_connect(trials: int, work: Path) -> None:
+def time_to_connect(trials: int, work: Path) -> figures.Figures:
     startup, discovery = [], []
     with NetnsLab(2) as lab:
         for trial in range(trials):
@@ -108,9 +109,10 @@ def time_to_connect(trials: int, work: Path) -> None:
     print(f"discovery (ready -> connected):      {summary(discovery)}")
     total = [u + d for u, d in zip(startup, discovery, strict=True)]
     print(f"launch -> connected:                 {summary(total)}")
+    return {"startup_s": startup, "discovery_s": discovery, "launch_to_connected_s": total}
 
 
-def flood_cost(count: int, seconds: float, work: Path) -> None:
+def flood_cost(count: int, seconds: float, work: Path) -> figures.Figures:
     limits = TransportLimits()
     with NetnsLab(2) as lab:
         home = work / "flooded"
@@ -145,6 +147,11 @@ def flood_cost(count: int, seconds: float, work: Path) -> None:
         f" + {limits.discovery_dial_rate:g}/s x {elapsed:.1f} s"
     )
     print(f"  dials per fake announcement: {discovery['dials'] / count:.2f}")
+    return {
+        "flood_dials": discovery["dials"],
+        "flood_dial_bound": bound,
+        "flood_dials_per_announcement": discovery["dials"] / count,
+    }
 
 
 def main() -> int:
@@ -152,6 +159,7 @@ def main() -> int:
     parser.add_argument("--trials", type=int, default=10)
     parser.add_argument("--flood", type=int, default=100)
     parser.add_argument("--seconds", type=float, default=20.0)
+    figures.add_option(parser)
     args = parser.parse_args()
     reason = netns_available()
     if reason is not None:
@@ -160,9 +168,10 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="p2pdm-bench-discovery-"))
     try:
         print(f"== time to connect, two hosts, {args.trials} trials ==")
-        time_to_connect(args.trials, work)
+        results = time_to_connect(args.trials, work)
         print(f"== a flood of {args.flood} fake announcements ==")
-        flood_cost(args.flood, args.seconds, work)
+        results.update(flood_cost(args.flood, args.seconds, work))
+        figures.write(args.json, results)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0

@@ -32,6 +32,7 @@ from p2pdm.envelope import MessageKind
 from p2pdm.identity import Identity, NodeId
 from p2pdm.reconcile import run_in_memory
 from p2pdm.store import RelayQuota, Store
+from scripts import figures
 from scripts.bench_direct import rss_kib
 from tests.nodeproc import NodeProcess, init_home
 
@@ -64,7 +65,7 @@ def fill(home: Path, to: NodeId, uploader: NodeId, items: list[tuple[bytes, byte
             store.accept_relay(mid, to, NOW_MS + DAY_MS, data, uploader, NOW_MS, BIG)
 
 
-def drain(root: Path, count: int) -> None:
+def drain(root: Path, count: int) -> figures.Figures:
     sender = Identity.generate()
     init_home(root / "r")
     b_text = init_home(root / "b")
@@ -110,6 +111,11 @@ def drain(root: Path, count: int) -> None:
         f"  relay holds {left_for_b} for B afterwards (copies dropped on B's ACKs),"
         f" and {receipts} receipt envelopes from B for the sender"
     )
+    return {
+        "drain_from_launch_s": done - launched,
+        "drain_from_connection_s": done - connected,
+        "drain_per_s": count / (done - connected),
+    }
 
 
 def in_memory_table(stored: int) -> None:
@@ -129,7 +135,7 @@ def in_memory_table(stored: int) -> None:
         )
 
 
-def two_relays(root: Path, stored: int, differ: int) -> None:
+def two_relays(root: Path, stored: int, differ: int) -> figures.Figures:
     """Two relay processes, `stored` envelopes each, `differ` held by one side only."""
     sender, recipient = Identity.generate(), Identity.generate()
     t0 = time.perf_counter()
@@ -176,6 +182,12 @@ def two_relays(root: Path, stored: int, differ: int) -> None:
         f" {total - 32 * differ:,} beyond the {differ} missing ids"
     )
     print(f"  peak RSS with {stored} stored: r1 {peak1 / 1024:.1f} MiB, r2 {peak2 / 1024:.1f} MiB")
+    return {
+        f"recon_differ{differ}_s": done - ready,
+        f"recon_differ{differ}_bytes": total,
+        f"recon_differ{differ}_overhead_bytes": total - 32 * differ,
+        "relay_peak_rss_mib": max(peak1, peak2) / 1024,
+    }
 
 
 def main() -> None:
@@ -183,17 +195,22 @@ def main() -> None:
     parser.add_argument("--drain", type=int, default=10_000)
     parser.add_argument("--stored", type=int, default=100_000)
     parser.add_argument("--differ", type=int, default=100)
+    figures.add_option(parser)
     args = parser.parse_args()
+    results: figures.Figures = {}
     with tempfile.TemporaryDirectory(prefix="p2pdm-bench-relay-") as tmp:
         root = Path(tmp)
         print(f"== drain: a relay holds {args.drain} envelopes for B ==")
-        drain(root / "drain", args.drain)
+        results.update(drain(root / "drain", args.drain))
         print(f"== reconciliation protocol, {args.stored} ids a side ==")
         in_memory_table(args.stored)
         for differ in (args.differ, 0):
             print(f"== two relays, {args.stored} envelopes each, differing by {differ} ==")
             (root / f"recon{differ}").mkdir()
-            two_relays(root / f"recon{differ}", args.stored, differ)
+            found = two_relays(root / f"recon{differ}", args.stored, differ)
+            peak = max(found.pop("relay_peak_rss_mib"), results.get("relay_peak_rss_mib", 0))
+            results.update(found, relay_peak_rss_mib=peak)
+    figures.write(args.json, results)
 
 
 if __name__ == "__main__":
