@@ -443,6 +443,9 @@ def main() -> None:
         runs, skipped = run_suite(suite, args.quick, log)
         if skipped:
             print(f"  {suite.name}: not run: {skipped}")
+        if suite.name == "mesh" and runs and not args.quick:
+            # The plot's figures, beside docs/mesh.png.
+            (REPO / "docs" / "mesh.json").write_text(json.dumps(runs[-1], indent=1) + "\n")
         for doc in runs:
             for name, values in flatten(suite.name, doc).items():
                 samples.setdefault(name, []).extend(values)
