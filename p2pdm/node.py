@@ -1130,10 +1130,16 @@ class PeerLink:
         hello = self.session.peer_hello
         wants_all = hello is not None and PEX_WANT_FEATURE in hello.features
         since = None if wants_all else (self.seen_before or self.node.now_ms())
+        # A node that does not relay passes on others' records only when asked.
+        passes_on = self.node.config.relay or wants_all
         while True:
             self._pex_news = trio.Event()
             built_at = self.node.now_ms()
-            records = await self.node.records_for(self.peer, since)
+            if passes_on:
+                records = await self.node.records_for(self.peer, since)
+            else:
+                records = [self.node.own_record()]
+            passes_on = self.node.config.relay
             if self.session.state is not State.OPEN:
                 return
             fresh = [r for r in records if self.peer_has.get(r[0], -1) < r[1]]
@@ -1571,15 +1577,17 @@ class Node:
     ) -> list[tuple[NodeId, int, bytes]]:
         """What a PEERS frame to `peer` may carry, as (node id, seq, record):
         our record, then others it may not know (received after the time given)."""
-        assert self.record is not None
         others: list[tuple[NodeId, int, bytes]] = await self.store_call(
             self.store.peer_record_rows,
             PEX_RECORDS - 1,
             [peer, self.identity.node_id],
             received_after,
         )
-        own = (self.identity.node_id, self.record.seq, self.record.data)
-        return [own, *others]
+        return [self.own_record(), *others]
+
+    def own_record(self) -> tuple[NodeId, int, bytes]:
+        assert self.record is not None
+        return (self.identity.node_id, self.record.seq, self.record.data)
 
     async def take_records(self, link: PeerLink, records: tuple[bytes, ...]) -> None:
         """Check and keep records a peer passed on; each must be signed by its subject."""
@@ -1590,8 +1598,11 @@ class Node:
             log.info("peer exchange with %s: %d new record(s)", link.peer.short(), len(kept))
             for peer in kept:
                 self.peer_table.new_address(peer)
+            # Relays gossip news; a node that does not relay keeps it (phones
+            # and laptops need not spend their links on others' addresses).
             others = [other for other in self.links.values() if other is not link]
-            for other in random.sample(others, min(PEX_NEWS_FANOUT, len(others))):
+            fanout = PEX_NEWS_FANOUT if self.config.relay else 0
+            for other in self._rng.sample(others, min(fanout, len(others))):
                 other.pex_news()
             self.poke_dialer()
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import socket
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import pytest
 import trio
@@ -239,4 +239,37 @@ def test_a_node_verifies_each_record_once_however_often_peers_pass_it_on(
     newer = PeerRecord.create(alice, ADDRS[:2], seq=2, timestamp_ms=node.now_ms())
     assert node._keep_records((newer.data,), True) == ([alice.node_id], [(alice.node_id, 2)])
     assert len(parsed) == 3
+    node.store.close()
+
+
+@pytest.mark.parametrize(("relay", "told"), [(True, 6), (False, 0)])
+async def test_news_of_a_record_goes_to_a_few_links_and_only_from_relays(
+    tmp_path: Path, alice: Identity, relay: bool, told: int
+) -> None:
+    from p2pdm.identity import Identity as Id
+    from p2pdm.identity import NodeId
+    from p2pdm.node import PEX_NEWS_FANOUT, Node, NodeConfig, PeerLink
+
+    assert told in (0, PEX_NEWS_FANOUT)
+    config = NodeConfig(home=tmp_path, listen=(("127.0.0.1", 0),), mdns=False, relay=relay)
+    node = Node(config, Id.generate(), Store.open(tmp_path / "store.db"))
+
+    class Link:  # what take_records uses of a PeerLink
+        def __init__(self) -> None:
+            self.peer = Id.generate().node_id
+            self.via_loopback = True
+            self.peer_has: dict[NodeId, int] = {}
+            self.news = 0
+
+        def pex_news(self) -> None:
+            self.news += 1
+
+    links = [Link() for _ in range(20)]
+    node.links = {link.peer: link for link in links}  # type: ignore[misc]
+    source = cast("PeerLink", links[0])
+    record = PeerRecord.create(alice, ADDRS[:1], seq=1, timestamp_ms=node.now_ms())
+    await node.take_records(source, (record.data,))
+    assert links[0].news == 0  # not back to where it came from
+    assert sum(link.news for link in links) == told
+    assert source.peer_has == {alice.node_id: 1}
     node.store.close()
