@@ -253,6 +253,7 @@ class Api:
                     "reconcile_bytes": node.recon_bytes,
                     "bytes_sent": bytes_sent,
                     "bytes_received": bytes_received,
+                    "frame_bytes_sent": node.frame_bytes(),
                 },
             }
         )

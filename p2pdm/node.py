@@ -29,7 +29,7 @@ import ipaddress
 import logging
 import random
 import time
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -1238,6 +1238,7 @@ class Node:
         self.records_remembered = 0  # records recognised there, not verified again
         # Wire bytes of connections that have ended (live ones: see traffic()).
         self._ended_sent = self._ended_received = 0
+        self._ended_frames: Counter[str] = Counter()
         self.typing_received = 0
         self.ephemeral_ignored = 0
 
@@ -1441,6 +1442,13 @@ class Node:
             self._ended_received + sum(c.bytes_received for c in live),
         )
 
+    def frame_bytes(self) -> dict[str, int]:
+        """Bytes of the frames sent since start, by frame type (before encryption)."""
+        total = Counter(self._ended_frames)
+        for link in self.links.values():
+            total.update(link.session.frame_bytes)
+        return dict(total.most_common())
+
     def _count_ended(self, conn: Connection) -> None:
         self._ended_sent += conn.bytes_sent
         self._ended_received += conn.bytes_received
@@ -1487,6 +1495,7 @@ class Node:
             self.events.publish("peer", {"id": str(peer), "connected": True})
             await link.run()
         finally:
+            self._ended_frames.update(link.session.frame_bytes)
             current = self.links.get(peer) is link
             if current:
                 del self.links[peer]

@@ -31,6 +31,7 @@ returns events, the methods that send return the bytes to encrypt and send.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from enum import Enum, IntEnum
 
@@ -100,6 +101,9 @@ class AckStatus(IntEnum):
     """Already had it (same message id): the sender can stop sending it here."""
     REFUSED = 2
     """Will not take it (bad, expired, blocked, over quota, not relaying): see reason."""
+
+
+_FRAME_NAMES = {t: t.name.lower() for t in FrameType}
 
 
 class State(Enum):
@@ -232,15 +236,24 @@ class Session:
         self._in_flight_bytes = 0
         self._unacked: dict[int, int] = {}
         self._unacked_bytes = 0
+        self.frame_bytes: Counter[str] = Counter()
+        """Bytes of the frames built, by type ("push", "peers", ...), before encryption."""
 
     # --- sending ----------------------------------------------------------
+
+    def _encode(self, frame: dict[wire.Key, wire.Value]) -> bytes:
+        data = wire.encode(frame)
+        kind = frame["t"]
+        assert isinstance(kind, FrameType)  # every frame built here has one
+        self.frame_bytes[_FRAME_NAMES[kind]] += len(data)
+        return data
 
     def hello_frame(self) -> bytes:
         if self._hello_sent:
             raise SessionUsageError("HELLO already sent")
         self._hello_sent = True
         h = self._our_hello
-        return wire.encode(
+        return self._encode(
             {
                 "t": FrameType.HELLO,
                 "window": h.window,
@@ -275,7 +288,7 @@ class Session:
         if not self.can_push(envelope):
             raise WindowFull("the peer's window is full; wait for an ACK")
         seq = self._next_send_seq
-        frame = wire.encode({"t": FrameType.PUSH, "n": seq, "env": envelope})
+        frame = self._encode({"t": FrameType.PUSH, "n": seq, "env": envelope})
         if len(frame) > MAX_FRAME_PLAINTEXT:
             raise SessionUsageError(f"push of {len(frame)} bytes does not fit in one frame")
         self._next_send_seq += 1
@@ -296,15 +309,15 @@ class Session:
             doc["c"] = count
         if reason:
             doc["r"] = reason[:MAX_REASON_LEN]
-        return wire.encode(doc)
+        return self._encode(doc)
 
     def ping_frame(self, nonce: int) -> bytes:
         self._require_open()
-        return wire.encode({"t": FrameType.PING, "n": nonce})
+        return self._encode({"t": FrameType.PING, "n": nonce})
 
     def pong_frame(self, nonce: int) -> bytes:
         self._require_open()
-        return wire.encode({"t": FrameType.PONG, "n": nonce})
+        return self._encode({"t": FrameType.PONG, "n": nonce})
 
     def peers_frame(self, records: list[bytes]) -> bytes:
         """Pass on signed peer records (at most MAX_PEER_RECORDS, each small)."""
@@ -315,7 +328,7 @@ class Session:
                 f"of at most {MAX_PEER_RECORD_SIZE} bytes"
             )
         recs: list[wire.Value] = list(records)
-        return wire.encode({"t": FrameType.PEERS, "recs": recs})
+        return self._encode({"t": FrameType.PEERS, "recs": recs})
 
     def recon_frame(self, message: wire.Value, *, request: bool) -> bytes:
         """One reconciliation message; `request` when it belongs to a run we started.
@@ -324,7 +337,7 @@ class Session:
         the receiver which run a message is part of.
         """
         self._require_open()
-        frame = wire.encode({"t": FrameType.RECON, "q": request, "m": message})
+        frame = self._encode({"t": FrameType.RECON, "q": request, "m": message})
         if len(frame) > MAX_FRAME_PLAINTEXT:
             raise SessionUsageError(f"RECON of {len(frame)} bytes does not fit in one frame")
         return frame
@@ -334,19 +347,19 @@ class Session:
         self._require_open()
         if not 0 < len(notice) <= MAX_NOTICE_SIZE:
             raise SessionUsageError(f"a notice is 1 to {MAX_NOTICE_SIZE} bytes")
-        return wire.encode({"t": FrameType.NOTICE, "notice": notice})
+        return self._encode({"t": FrameType.NOTICE, "notice": notice})
 
     def ephemeral_frame(self, envelope: bytes) -> bytes:
         """An envelope the peer shows if fresh and forgets (see FrameType.EPHEMERAL)."""
         self._require_open()
         if not 0 < len(envelope) <= MAX_EPHEMERAL_SIZE:
             raise SessionUsageError(f"an ephemeral envelope is 1 to {MAX_EPHEMERAL_SIZE} bytes")
-        return wire.encode({"t": FrameType.EPHEMERAL, "env": envelope})
+        return self._encode({"t": FrameType.EPHEMERAL, "env": envelope})
 
     def bye_frame(self, reason: str) -> bytes:
         """The last frame: say why, then close. Valid in any state."""
         self.state = State.CLOSED
-        return wire.encode({"t": FrameType.BYE, "r": reason[:MAX_REASON_LEN]})
+        return self._encode({"t": FrameType.BYE, "r": reason[:MAX_REASON_LEN]})
 
     def _require_open(self) -> None:
         if self.state is not State.OPEN:

@@ -51,6 +51,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -139,6 +140,8 @@ class Run:
     done: trio.Event = field(default_factory=trio.Event)
     """Set when the drain ends: every node then stops."""
     traffic: int = 0
+    frames: Counter[str] = field(default_factory=Counter)
+    """Plaintext bytes of frames sent by all nodes, by frame type."""
     """Bytes sent by all nodes (added as each node stops)."""
     started: float = 0.0
 
@@ -199,6 +202,7 @@ async def live(run: Run, member: Member, relay_addresses: list[tuple[str, int]])
         finally:
             member.node = None
             run.traffic += node.traffic()[0]
+            run.frames.update(node.frame_bytes())
             store.close()
             # Events published just before the stop, not yet read by watch().
             with contextlib.suppress(trio.WouldBlock, trio.EndOfChannel):
@@ -393,6 +397,8 @@ def report(run: Run, at_schedule_end: dict[bytes, float], schedule_traffic: int)
         "copies_per_message": run.held / len(run.sent) if run.sent else 0,
         "envelope_bytes": envelope,
         "bytes_sent": traffic,
+        # The rest of bytes_sent: handshakes, length prefixes, encryption tags.
+        "frame_bytes_sent": dict(run.frames.most_common()),
         "bytes_per_delivered": per_delivered,
         "bytes_per_delivered_over_envelope": per_delivered / envelope if envelope else math.inf,
         "schedule_bytes_sent": schedule_traffic,
@@ -423,8 +429,18 @@ def show(r: dict[str, Any]) -> None:
         f"                                 {r['schedule_bytes_per_delivered']:,.0f}"
         f" ({r['schedule_bytes_per_delivered_over_envelope']:.1f} x) in the schedule, after"
         " the warm-up\n"
-        f"  peak RSS per node              {r['peak_rss_per_node_kib'] / 1024:.2f} MiB"
+        f"  peak RSS per node              {r['peak_rss_per_node_kib'] / 1024:.2f} MiB\n"
+        f"  bytes sent by kind, whole run  {by_kind(r)}"
     )
+
+
+def by_kind(r: dict[str, Any]) -> str:
+    """Shares of all bytes sent: each frame type, and the rest (handshakes, framing)."""
+    total = r["bytes_sent"] or 1
+    frames = r["frame_bytes_sent"]
+    parts = [f"{kind} {100 * n / total:.0f} %" for kind, n in frames.items() if n / total >= 0.01]
+    rest = total - sum(frames.values())
+    return ", ".join([*parts, f"handshakes and framing {100 * rest / total:.0f} %"])
 
 
 def plot(results: list[dict[str, Any]], path: Path) -> None:

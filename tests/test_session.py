@@ -53,6 +53,21 @@ def test_push_and_ack() -> None:
     assert a.in_flight == 0
 
 
+def test_a_session_counts_the_bytes_of_the_frames_it_builds_by_type() -> None:
+    a = Session(Hello(4, True, (), "test-a"))
+    b = Session(Hello(4, False, (), "test-b"))
+    hello = a.hello_frame()
+    a.receive(b.hello_frame())
+    _, push1 = a.push_frame(b"envelope-1")
+    _, push2 = a.push_frame(b"envelope-22")
+    ping = a.ping_frame(7)
+    assert dict(a.frame_bytes) == {
+        "hello": len(hello),
+        "push": len(push1) + len(push2),
+        "ping": len(ping),
+    }
+
+
 def test_sender_respects_the_peers_window() -> None:
     a, b = make_pair(window_b=3)
     frames = [a.push_frame(b"e%d" % i)[1] for i in range(3)]
