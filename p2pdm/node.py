@@ -711,7 +711,8 @@ class PeerLink:
         self.node = node
         self.conn = conn
         self.peer = conn.peer
-        features = (EPHEMERAL_FEATURE,) + ((PEX_WANT_FEATURE,) if node.wants_records() else ())
+        self.asked_for_records = node.wants_records()
+        features = (EPHEMERAL_FEATURE,) + ((PEX_WANT_FEATURE,) if self.asked_for_records else ())
         self.session = Session(Hello(node.config.window, node.config.relay, features, AGENT))
         self.in_flight: dict[int, Outgoing] = {}
         self._in_flight_ids: set[bytes] = set()
@@ -1235,6 +1236,7 @@ class Node:
         self._records_held: dict[NodeId, dict[NodeId, int]] = {}  # by recency of use
         self.records_known = 0  # peer records in the store (set at start)
         self._records_checked: dict[bytes, tuple[NodeId, int]] = {}  # digest -> (id, seq)
+        self._records_answered = False  # a peer answered our asking with others' records
         self.records_remembered = 0  # records recognised there, not verified again
         # Wire bytes of connections that have ended (live ones: see traffic()).
         self._ended_sent = self._ended_received = 0
@@ -1567,8 +1569,11 @@ class Node:
         return record
 
     def wants_records(self) -> bool:
-        """Too few peers known: ask each new link for a full PEERS frame."""
-        return self.records_known < PEX_RECORDS
+        """Too few peers known, and no peer answered our asking since start
+        with others' records: ask each new link for a full PEERS frame. (In
+        a mesh of fewer than 32 nodes, asking on every connection would
+        fetch the same set over and over.)"""
+        return self.records_known < PEX_RECORDS and not self._records_answered
 
     def records_held_by(self, peer: NodeId) -> dict[NodeId, int]:
         """What we know `peer` holds of peer records (node id -> seq), kept
@@ -1603,6 +1608,8 @@ class Node:
         kept, valid = await self.store_call(self._keep_records, records, link.via_loopback)
         for node_id, seq in valid:  # the peer has these: no need to send them back
             link.peer_has[node_id] = max(seq, link.peer_has.get(node_id, -1))
+        if link.asked_for_records and any(node_id != link.peer for node_id, _ in valid):
+            self._records_answered = True
         if kept:
             log.info("peer exchange with %s: %d new record(s)", link.peer.short(), len(kept))
             for peer in kept:

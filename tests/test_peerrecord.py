@@ -257,7 +257,7 @@ async def test_news_of_a_record_goes_to_a_few_links_and_only_from_relays(
     class Link:  # what take_records uses of a PeerLink
         def __init__(self) -> None:
             self.peer = Id.generate().node_id
-            self.via_loopback = True
+            self.via_loopback, self.asked_for_records = True, False
             self.peer_has: dict[NodeId, int] = {}
             self.news = 0
 
@@ -272,4 +272,38 @@ async def test_news_of_a_record_goes_to_a_few_links_and_only_from_relays(
     assert links[0].news == 0  # not back to where it came from
     assert sum(link.news for link in links) == told
     assert source.peer_has == {alice.node_id: 1}
+    node.store.close()
+
+
+async def test_a_node_asks_for_records_until_a_peer_answered_with_others(
+    tmp_path: Path, alice: Identity, bob: Identity
+) -> None:
+    from p2pdm.identity import Identity as Id
+    from p2pdm.identity import NodeId
+    from p2pdm.node import Node, NodeConfig, PeerLink
+
+    config = NodeConfig(home=tmp_path, listen=(("127.0.0.1", 0),), mdns=False)
+    node = Node(config, Id.generate(), Store.open(tmp_path / "store.db"))
+
+    class Link:  # what take_records uses of a PeerLink
+        def __init__(self, peer: NodeId, asked: bool) -> None:
+            self.peer, self.asked_for_records = peer, asked
+            self.via_loopback = True
+            self.peer_has: dict[NodeId, int] = {}
+
+    def record(who: Identity) -> bytes:
+        return PeerRecord.create(who, ADDRS[:1], seq=1, timestamp_ms=node.now_ms()).data
+
+    assert node.wants_records()
+    # Its own record only (the peer knows no one else): still asking.
+    await node.take_records(cast("PeerLink", Link(alice.node_id, True)), (record(alice),))
+    assert node.wants_records()
+    # Others' records, but not as an answer to our asking: still asking.
+    await node.take_records(cast("PeerLink", Link(alice.node_id, False)), (record(bob),))
+    assert node.wants_records()
+    # An answer with someone else's record: the mesh's set has come, stop asking
+    # (in a mesh of under 32 nodes every link would send it again).
+    await node.take_records(cast("PeerLink", Link(bob.node_id, True)), (record(alice),))
+    assert not node.wants_records()
+    assert node.records_known == 2
     node.store.close()
