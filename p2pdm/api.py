@@ -389,7 +389,7 @@ class Api:
 
     async def _set_blocked(self, request: Request, blocked: bool) -> Response:
         peer = await self._resolve(request.params["peer"])
-        await self._store(self.node.store.set_blocked, peer, blocked, self.node.now_ms())
+        await self.node.set_blocked(peer, blocked)
         return json_response({"id": str(peer), "blocked": blocked})
 
     async def block(self, request: Request) -> Response:

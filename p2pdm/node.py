@@ -767,6 +767,11 @@ class PeerLink:
             or message_id in self._in_flight_ids
         )
 
+    def withdraw(self, ids: set[bytes]) -> None:
+        """Drop these from the push queue (those already pushed stay pushed)."""
+        self.queue = deque(out for out in self.queue if out.message_id not in ids)
+        self._queued -= ids
+
     def offer(self, out: Outgoing) -> None:
         """A message for this peer was just committed: queue it for pushing."""
         if len(self.queue) >= MAX_LINK_QUEUE:
@@ -1797,8 +1802,25 @@ class Node:
         """Apply and persist setting changes (ValueError: nothing changed)."""
         new = self.settings.updated(changes)
         await self.store_call(new.save, self.store)
+        turned_off = self.settings.read_receipts and not new.read_receipts
         self.settings = new
+        if turned_off:
+            await self._withdraw_read_receipts(None)
         return new
+
+    async def set_blocked(self, peer: NodeId, blocked: bool) -> None:
+        """Block or unblock `peer`; blocking also drops read receipts to it
+        that have not gone out yet."""
+        await self.store_call(self.store.set_blocked, peer, blocked, self.now_ms())
+        if blocked:
+            await self._withdraw_read_receipts(peer)
+
+    async def _withdraw_read_receipts(self, peer: NodeId | None) -> None:
+        ids = set(await self.store_call(self.store.withdraw_read_receipts, peer))
+        if ids:
+            log.info("dropped %d read receipt(s) not yet sent", len(ids))
+            for link in self.links.values():
+                link.withdraw(ids)
 
     async def accept_peer(self, peer: NodeId) -> bool:
         """The user accepts `peer`'s message request (makes it a contact)."""

@@ -88,6 +88,8 @@ _WORD = re.compile(r"\w+")
 # The message kind that people write; only it is searched and listed in chats.
 # Same as envelope.MessageKind.TEXT (a test checks they agree).
 TEXT_KIND = 1
+# A read receipt's kind: envelope.MessageKind.READ (checked by the same test).
+READ_KIND = 3
 # A call from a second thread waits this long for a running batch; longer
 # than any batch takes even on a slow disk, so hitting it means a stuck caller.
 LOCK_WAIT_S = 60.0
@@ -1384,6 +1386,23 @@ class Store:
         ids = _id_list(message_ids)
         with self._write() as conn:
             return self._advance(conn, ids, OutboxState.READ, now_ms, key)
+
+    @_db
+    def withdraw_read_receipts(self, recipient: NodeId | None = None) -> list[bytes]:
+        """Read receipts that no one has taken yet (queued, no relay holds a
+        copy), to `recipient` or to anyone, are dropped: they move to EXPIRED
+        and are never sent. Returns their ids. Those already handed to a
+        peer cannot be called back."""
+        sql = (
+            "UPDATE outbox SET state = ? WHERE kind = ? AND state = ? AND relayed_to = 0"
+            + (" AND recipient = ?" if recipient is not None else "")
+            + " RETURNING message_id"
+        )
+        args: list[object] = [OutboxState.EXPIRED.value, READ_KIND, OutboxState.QUEUED.value]
+        if recipient is not None:
+            args.append(_check_node(recipient))
+        with self._write() as conn:
+            return [bytes(r[0]) for r in conn.execute(sql, args).fetchall()]
 
     @_db
     def expire_outbox(self, now_ms: int) -> int:

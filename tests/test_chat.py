@@ -110,6 +110,48 @@ async def test_read_receipts_stop_when_turned_off_or_the_sender_is_blocked(
         assert read_receipts(p.b) == []
 
 
+async def test_read_receipts_not_yet_sent_are_dropped_on_block_or_receipts_off(
+    tmp_path: Path,
+) -> None:
+    # b read a's messages while a was away: the receipts wait in b's outbox.
+    b = make_node(tmp_path, "b", relay=False)
+    a, c = Identity.generate(), Identity.generate()
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(b.run)
+            ids = []
+            for sender in (a, a, c):
+                sealed = envelope.seal(
+                    sender,
+                    b.identity.node_id,
+                    MessageKind.TEXT,
+                    "hello",
+                    timestamp_ms=b.now_ms(),
+                    expires_ms=b.now_ms() + 3_600_000,
+                )
+                op = await b.committer.submit(IncomingPush(sender.node_id, 0, sealed))
+                await op.done.wait()
+                assert op.message is not None
+                ids.append(op.message.message_id)
+                await b.accept_peer(sender.node_id)
+            await b.mark_read(ids)
+
+            def states() -> list[tuple[str, OutboxState]]:
+                who = {a.node_id: "a", c.node_id: "c"}
+                return sorted((who[r.recipient], r.state) for r in read_receipts(b))
+
+            assert states() == [("a", OutboxState.QUEUED), ("c", OutboxState.QUEUED)]
+            # Blocking a drops what would still tell a; c's waits.
+            await b.set_blocked(a.node_id, True)
+            assert states() == [("a", OutboxState.EXPIRED), ("c", OutboxState.QUEUED)]
+            pending = b.store.pending_for(a.node_id, b.now_ms())
+            assert {r.kind for r in pending} == {MessageKind.RECEIPT}  # delivery, not read
+            # Turning receipts off drops the rest.
+            await b.change_settings({"read_receipts": False})
+            assert states() == [("a", OutboxState.EXPIRED), ("c", OutboxState.EXPIRED)]
+            nursery.cancel_scope.cancel()
+
+
 async def test_typing_reaches_an_accepted_peer_and_never_enters_a_store(tmp_path: Path) -> None:
     async with connected_pair(tmp_path) as p:
         await p.a_writes("hello")

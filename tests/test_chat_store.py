@@ -35,6 +35,7 @@ def receive(s: Store, sender: Identity, text: str, at: int, **kw: bool) -> bytes
 
 def test_text_kind_matches_envelope() -> None:
     assert store.TEXT_KIND == MessageKind.TEXT
+    assert store.READ_KIND == MessageKind.READ
 
 
 def test_conversations_list_contacts_and_correspondents_latest_first(db: Store) -> None:
