@@ -661,8 +661,7 @@ class AckOutcome(Op):
         if ends:
             store.mark_delivered(ends, ctx.now_ms, recipient=self.peer)
         sent = [r.message_id for r in direct if r.message_id not in ends]
-        store.mark_sent_many(sent, ctx.now_ms)
-        for mid in sent:
+        for mid in store.mark_sent_many(sent, ctx.now_ms):
             ctx.events.append(("sent", {"id": mid.hex(), "to": str(self.peer)}))
 
 

@@ -1335,11 +1335,15 @@ class Store:
         return bool(changed)
 
     @_db
-    def mark_sent_many(self, message_ids: Iterable[bytes], now_ms: int) -> None:
-        """The recipient itself acknowledged these pushes: `mark_sent` for a batch."""
+    def mark_sent_many(self, message_ids: Iterable[bytes], now_ms: int) -> list[bytes]:
+        """The recipient itself acknowledged these pushes: `mark_sent` for a
+        batch. Returns the ids that moved from queued to sent (a push acked
+        again, after a resend, moves nothing)."""
         _check_ms(now_ms, "now_ms")
         rows = [(now_ms, _check_id(mid)) for mid in message_ids]
         with self._write() as conn:
+            ids = [mid for _, mid in rows]
+            queued = self._ids_in(conn, "outbox", ids, "state = 'queued'")
             # One statement per id: queued -> sent, and a hop took it now
             # (the latest attempt, for retry_after_ms).
             conn.executemany(
@@ -1349,6 +1353,7 @@ class Store:
                 f" WHERE message_id = ? AND {_PENDING}",
                 rows,
             )
+        return [mid for mid in dict.fromkeys(ids) if mid in queued]
 
     @_db
     def relays_for(self, message_id: bytes) -> list[NodeId]:
@@ -1440,14 +1445,17 @@ class Store:
         return None if row is None else self._outbox_row(row)
 
     @staticmethod
-    def _ids_in(conn: sqlite3.Connection, table: str, ids: Sequence[bytes]) -> set[bytes]:
-        """Which of `ids` the table (keyed by message_id) holds."""
+    def _ids_in(
+        conn: sqlite3.Connection, table: str, ids: Sequence[bytes], where: str = "1"
+    ) -> set[bytes]:
+        """Which of `ids` the table (keyed by message_id) holds, in rows that
+        also meet `where` (a constant SQL condition)."""
         found: set[bytes] = set()
         for start in range(0, len(ids), _IDS_PER_STATEMENT):
             chunk = ids[start : start + _IDS_PER_STATEMENT]
             marks = ", ".join("?" * len(chunk))
             rows = conn.execute(
-                f"SELECT message_id FROM {table} WHERE message_id IN ({marks})", chunk
+                f"SELECT message_id FROM {table} WHERE message_id IN ({marks}) AND {where}", chunk
             )
             found.update(bytes(r[0]) for r in rows)
         return found

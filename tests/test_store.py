@@ -304,7 +304,7 @@ def test_mark_sent_many_moves_only_pending_messages(
     queued, sent, done = (queue_text(db, alice, bob.node_id, t) for t in ("a", "b", "c"))
     assert db.mark_sent(sent, NOW + 1)
     assert db.mark_delivered([done], NOW + 1, recipient=bob.node_id) == [done]
-    db.mark_sent_many([queued, sent, done, bytes(32)], NOW + 9)
+    assert db.mark_sent_many([queued, sent, done, bytes(32)], NOW + 9) == [queued]
     rows = {m: db.outbox_message(m) for m in (queued, sent, done)}
     assert {m: (r.state, r.last_attempt_ms) for m, r in rows.items() if r} == {
         queued: (OutboxState.SENT, NOW + 9),
