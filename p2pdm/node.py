@@ -328,10 +328,12 @@ class Committer:
         self._store = store
         self._send, self._recv = trio.open_memory_channel[Op](MAX_BATCH * 4)
         self._commit_idle = False
+        self._waiting: set[Op] = set()  # submitted, not yet done
         self.batches = 0
         self.ops = 0
 
     async def submit(self, op: Op) -> Op:
+        self._waiting.add(op)
         await self._send.send(op)
         return op
 
@@ -342,9 +344,16 @@ class Committer:
         # goes to it unprepared and is prepared in the same thread call,
         # which saves a thread round trip of latency.
         prepared_send, prepared_recv = trio.open_memory_channel[list[Op]](PREPARED_AHEAD)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._prepare_stage, prepared_send)
-            await self._commit_stage(prepared_recv)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._prepare_stage, prepared_send)
+                await self._commit_stage(prepared_recv)
+        finally:
+            # Stopping: whoever waits for an op not committed hears so.
+            for op in self._waiting:
+                op.error = "the node stopped before this was stored"
+                op.done.set()
+            self._waiting.clear()
 
     async def _prepare_stage(self, out: trio.MemorySendChannel[list[Op]]) -> None:
         async with out, self._recv:
@@ -389,6 +398,7 @@ class Committer:
                     for op in batch:
                         op.error = f"storage failure: {exc}"
                         op.done.set()
+                        self._waiting.discard(op)
                     continue
                 self.batches += 1
                 self.ops += len(batch)
@@ -403,6 +413,7 @@ class Committer:
                     self._node.note_relay_change()
                 for op in batch:
                     op.done.set()
+                    self._waiting.discard(op)
                 for name, data in ctx.events:
                     self._node.events.publish(name, data)
                 for out in ctx.outgoing:

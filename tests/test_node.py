@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import threading
 from typing import TYPE_CHECKING, Any
 
+import pytest
 import trio
+import trio.testing
 
-from p2pdm.node import EventHub, PeerLink, peer_fault
+from p2pdm.node import BatchContext, EventHub, Node, Op, PeerLink, peer_fault
 from p2pdm.session import SessionError, SessionUsageError
-from p2pdm.store import OutboxState
+from p2pdm.store import OutboxState, Store, StoreError
 from p2pdm.transport import ConnectionClosed
 
 from .nodes import make_node, next_event
@@ -275,3 +278,42 @@ async def link_ends_and_node_runs_on(tmp_path: Path) -> None:
             assert a._nursery is not None
             assert not a._nursery.cancel_scope.cancel_called
             nursery.cancel_scope.cancel()
+
+
+async def test_a_send_waiting_when_the_node_stops_is_told_it_was_not_stored(
+    tmp_path: Path,
+) -> None:
+    node = make_node(tmp_path, "a")
+    started, release = threading.Event(), threading.Event()
+
+    class Busy(Op):  # holds the committer in a worker thread until released
+        needs_prepare = True
+
+        def prepare(self, node: Node, now_ms: int) -> None:
+            started.set()
+            release.wait(DEADLINE)
+
+        def apply(self, store: Store, ctx: BatchContext) -> None:
+            pass
+
+    outcome: list[BaseException | list[bytes]] = []
+
+    async def send() -> None:
+        try:
+            outcome.append(await node.send_texts(node.identity.node_id, ["never stored"]))
+        except StoreError as exc:
+            outcome.append(exc)
+
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as outer, trio.open_nursery() as running:
+            await running.start(node.run)
+            await node.committer.submit(Busy())
+            await trio.to_thread.run_sync(started.wait, DEADLINE)
+            outer.start_soon(send)
+            await trio.testing.wait_all_tasks_blocked()  # the send is queued
+            running.cancel_scope.cancel()
+            release.set()
+    [result] = outcome
+    assert isinstance(result, StoreError)
+    assert "stopped before this was stored" in str(result)
+    assert node.store.outbox() == []
