@@ -26,6 +26,7 @@ import contextlib
 import functools
 import hashlib
 import ipaddress
+import itertools
 import logging
 import random
 import time
@@ -350,10 +351,14 @@ class Committer:
                 await self._commit_stage(prepared_recv)
         finally:
             # Stopping: whoever waits for an op not committed hears so.
-            for op in self._waiting:
-                op.error = "the node stopped before this was stored"
-                op.done.set()
-            self._waiting.clear()
+            for op in list(self._waiting):
+                self._finish(op, "the node stopped before this was stored")
+
+    def _finish(self, op: Op, error: str | None = None) -> None:
+        """The op is done (or failed with `error`): tell whoever waits for it."""
+        op.error = error
+        op.done.set()
+        self._waiting.discard(op)
 
     async def _prepare_stage(self, out: trio.MemorySendChannel[list[Op]]) -> None:
         async with out, self._recv:
@@ -396,9 +401,7 @@ class Committer:
                 except StoreError as exc:
                     log.error("store write failed, %d operations refused: %s", len(batch), exc)
                     for op in batch:
-                        op.error = f"storage failure: {exc}"
-                        op.done.set()
-                        self._waiting.discard(op)
+                        self._finish(op, f"storage failure: {exc}")
                     continue
                 self.batches += 1
                 self.ops += len(batch)
@@ -412,8 +415,7 @@ class Committer:
                 if ctx.relayed or ctx.released:
                     self._node.note_relay_change()
                 for op in batch:
-                    op.done.set()
-                    self._waiting.discard(op)
+                    self._finish(op)
                 for name, data in ctx.events:
                     self._node.events.publish(name, data)
                 for out in ctx.outgoing:
@@ -426,14 +428,8 @@ class Committer:
         store = self._store
         # Any error fails the whole batch (see _commit_stage): no savepoints.
         with store.transaction(all_or_nothing=True):
-            start = 0
-            while start < len(batch):
-                kind = type(batch[start])
-                end = start + 1
-                while end < len(batch) and type(batch[end]) is kind:
-                    end += 1
-                kind.apply_run(batch[start:end], store, ctx)
-                start = end
+            for kind, run in itertools.groupby(batch, key=lambda op: type(op)):
+                kind.apply_run(list(run), store, ctx)
             ctx.node.seal_receipts(store, ctx)
 
 
@@ -578,14 +574,14 @@ class IncomingPush(Op):
         # Our mail is stored all at once (as one after the other would be),
         # then each op settles in order: nothing below reads what it wrote.
         pushes = [op for op in ops if isinstance(op, IncomingPush)]
-        mine = [op for op in pushes if op.for_relay is None and op.message is not None]
+        mine = [
+            (op, op.message) for op in pushes if op.for_relay is None and op.message is not None
+        ]
         strangers = ctx.node.settings.accept is not AcceptPolicy.CONTACTS
         results = store.accept_incoming_many(
-            [(op.message, op.data) for op in mine if op.message is not None],
-            ctx.now_ms,
-            strangers=strangers,
+            [(msg, op.data) for op, msg in mine], ctx.now_ms, strangers=strangers
         )
-        outcome = {id(op): result for op, result in zip(mine, results, strict=True)}
+        outcome = {id(op): result for (op, _), result in zip(mine, results, strict=True)}
         for op in pushes:
             if op.for_relay is not None:
                 op._hold(op.for_relay, store, ctx)

@@ -619,6 +619,14 @@ def _decode_body(blob: bytes) -> wire.Value:
 # Ids bound in one statement (SQLite allows 32,766 variables since 3.32).
 _IDS_PER_STATEMENT = 500
 
+
+def _id_chunks(ids: Sequence[bytes]) -> Iterator[tuple[Sequence[bytes], str]]:
+    """`ids` in chunks of one statement's worth, each with its "?, ?, ..." marks."""
+    for start in range(0, len(ids), _IDS_PER_STATEMENT):
+        chunk = ids[start : start + _IDS_PER_STATEMENT]
+        yield chunk, ", ".join("?" * len(chunk))
+
+
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
 
@@ -1451,9 +1459,7 @@ class Store:
         """Which of `ids` the table (keyed by message_id) holds, in rows that
         also meet `where` (a constant SQL condition)."""
         found: set[bytes] = set()
-        for start in range(0, len(ids), _IDS_PER_STATEMENT):
-            chunk = ids[start : start + _IDS_PER_STATEMENT]
-            marks = ", ".join("?" * len(chunk))
+        for chunk, marks in _id_chunks(ids):
             rows = conn.execute(
                 f"SELECT message_id FROM {table} WHERE message_id IN ({marks}) AND {where}", chunk
             )
@@ -1472,14 +1478,12 @@ class Store:
         marks = ", ".join("?" for _ in sources)
         delivered = to in (OutboxState.DELIVERED, OutboxState.READ)
         changed = []
-        unique = list(dict.fromkeys(ids))
         # A statement per chunk of ids, not per id: a receipt covers hundreds.
-        for start in range(0, len(unique), _IDS_PER_STATEMENT):
-            chunk = unique[start : start + _IDS_PER_STATEMENT]
+        for chunk, id_marks in _id_chunks(list(dict.fromkeys(ids))):
             sql = (
                 "UPDATE outbox SET state = ?"
                 + (", delivered_ms = coalesce(delivered_ms, ?)" if delivered else "")
-                + f" WHERE message_id IN ({', '.join('?' for _ in chunk)})"
+                + f" WHERE message_id IN ({id_marks})"
                 + f" AND state IN ({marks})"
                 + (" AND recipient = ?" if recipient is not None else "")
                 + " RETURNING message_id"

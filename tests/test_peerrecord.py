@@ -9,6 +9,7 @@ import pytest
 import trio
 
 from p2pdm import wire
+from p2pdm.identity import Identity
 from p2pdm.peerrecord import (
     MAX_RECORD_ADDRESSES,
     RECORD_CONTEXT,
@@ -19,11 +20,14 @@ from p2pdm.peerrecord import (
 )
 from p2pdm.store import AddressSource, Store
 
+from .nodes import make_node
+
 if TYPE_CHECKING:
     from collections.abc import Iterator
     from pathlib import Path
 
-    from p2pdm.identity import Identity
+    from p2pdm.identity import NodeId
+    from p2pdm.node import PeerLink
 
 NOW = 1_700_000_000_000
 ADDRS = (("192.0.2.7", 7707), ("2001:db8::7", 7707), ("127.0.0.1", 7707))
@@ -213,11 +217,8 @@ def test_a_node_verifies_each_record_once_however_often_peers_pass_it_on(
     tmp_path: Path, alice: Identity, bob: Identity, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from p2pdm import peerrecord
-    from p2pdm.identity import Identity as Id
-    from p2pdm.node import Node, NodeConfig
 
-    config = NodeConfig(home=tmp_path, listen=(("127.0.0.1", 0),), mdns=False)
-    node = Node(config, Id.generate(), Store.open(tmp_path / "store.db"))
+    node = make_node(tmp_path, "n")
     record = PeerRecord.create(alice, ADDRS[:1], seq=1, timestamp_ms=node.now_ms())
     parsed: list[bytes] = []
     real_parse = peerrecord.parse_record
@@ -242,29 +243,28 @@ def test_a_node_verifies_each_record_once_however_often_peers_pass_it_on(
     node.store.close()
 
 
+class FakeLink:
+    """What Node.take_records uses of a PeerLink."""
+
+    def __init__(self, peer: NodeId, asked_for_records: bool = False) -> None:
+        self.peer, self.asked_for_records = peer, asked_for_records
+        self.via_loopback = True
+        self.peer_has: dict[NodeId, int] = {}
+        self.news = 0
+
+    def pex_news(self) -> None:
+        self.news += 1
+
+
 @pytest.mark.parametrize(("relay", "told"), [(True, 6), (False, 0)])
 async def test_news_of_a_record_goes_to_a_few_links_and_only_from_relays(
     tmp_path: Path, alice: Identity, relay: bool, told: int
 ) -> None:
-    from p2pdm.identity import Identity as Id
-    from p2pdm.identity import NodeId
-    from p2pdm.node import PEX_NEWS_FANOUT, Node, NodeConfig, PeerLink
+    from p2pdm.node import PEX_NEWS_FANOUT
 
     assert told in (0, PEX_NEWS_FANOUT)
-    config = NodeConfig(home=tmp_path, listen=(("127.0.0.1", 0),), mdns=False, relay=relay)
-    node = Node(config, Id.generate(), Store.open(tmp_path / "store.db"))
-
-    class Link:  # what take_records uses of a PeerLink
-        def __init__(self) -> None:
-            self.peer = Id.generate().node_id
-            self.via_loopback, self.asked_for_records = True, False
-            self.peer_has: dict[NodeId, int] = {}
-            self.news = 0
-
-        def pex_news(self) -> None:
-            self.news += 1
-
-    links = [Link() for _ in range(20)]
+    node = make_node(tmp_path, "n", relay=relay)
+    links = [FakeLink(Identity.generate().node_id) for _ in range(20)]
     node.links = {link.peer: link for link in links}  # type: ignore[misc]
     source = cast("PeerLink", links[0])
     record = PeerRecord.create(alice, ADDRS[:1], seq=1, timestamp_ms=node.now_ms())
@@ -278,32 +278,21 @@ async def test_news_of_a_record_goes_to_a_few_links_and_only_from_relays(
 async def test_a_node_asks_for_records_until_a_peer_answered_with_others(
     tmp_path: Path, alice: Identity, bob: Identity
 ) -> None:
-    from p2pdm.identity import Identity as Id
-    from p2pdm.identity import NodeId
-    from p2pdm.node import Node, NodeConfig, PeerLink
-
-    config = NodeConfig(home=tmp_path, listen=(("127.0.0.1", 0),), mdns=False)
-    node = Node(config, Id.generate(), Store.open(tmp_path / "store.db"))
-
-    class Link:  # what take_records uses of a PeerLink
-        def __init__(self, peer: NodeId, asked: bool) -> None:
-            self.peer, self.asked_for_records = peer, asked
-            self.via_loopback = True
-            self.peer_has: dict[NodeId, int] = {}
+    node = make_node(tmp_path, "n")
 
     def record(who: Identity) -> bytes:
         return PeerRecord.create(who, ADDRS[:1], seq=1, timestamp_ms=node.now_ms()).data
 
     assert node.wants_records()
     # Its own record only (the peer knows no one else): still asking.
-    await node.take_records(cast("PeerLink", Link(alice.node_id, True)), (record(alice),))
+    await node.take_records(cast("PeerLink", FakeLink(alice.node_id, True)), (record(alice),))
     assert node.wants_records()
     # Others' records, but not as an answer to our asking: still asking.
-    await node.take_records(cast("PeerLink", Link(alice.node_id, False)), (record(bob),))
+    await node.take_records(cast("PeerLink", FakeLink(alice.node_id, False)), (record(bob),))
     assert node.wants_records()
     # An answer with someone else's record: the mesh's set has come, stop asking
     # (in a mesh of under 32 nodes every link would send it again).
-    await node.take_records(cast("PeerLink", Link(bob.node_id, True)), (record(alice),))
+    await node.take_records(cast("PeerLink", FakeLink(bob.node_id, True)), (record(alice),))
     assert not node.wants_records()
     assert node.records_known == 2
     node.store.close()
