@@ -7,24 +7,33 @@ for the caller's mistakes and 5xx for the node's.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
+from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, Any
 
-from p2pdm import __version__
-from p2pdm.envelope import MAX_TEXT_LEN, MESSAGE_ID_LEN, RECEIPT_KINDS
+from p2pdm import __version__, files, groups, wire
+from p2pdm.envelope import (
+    CHANGE_KINDS,
+    MAX_TEXT_LEN,
+    MESSAGE_ID_LEN,
+    RECEIPT_KINDS,
+    MessageKind,
+)
+from p2pdm.files import FileError
 from p2pdm.httpapi import ApiError, Request, Response, Router, StreamResponse, json_response
 from p2pdm.identity import safety_number
-from p2pdm.node import MAX_TTL_MS
+from p2pdm.node import MAX_TTL_MS, group_json
 from p2pdm.settings import AcceptPolicy
-from p2pdm.store import OutboxState, StoreError
+from p2pdm.store import OutboxState, StoreError, text_of_body
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Awaitable
 
     from p2pdm.identity import NodeId
     from p2pdm.node import Node
-    from p2pdm.store import ChatRow, ConversationRow, InboxRow, OutboxRow, SearchHit
+    from p2pdm.store import ChatRow, ConversationRow, FileIn, InboxRow, OutboxRow, SearchHit
 
 # One request may send this many messages (the CLI chunks --stdin by it).
 MAX_TEXTS_PER_REQUEST = 1000
@@ -38,6 +47,8 @@ MAX_PAGE = 500
 DEFAULT_PAGE = 50
 # Ids one read request may mark.
 MAX_READ_IDS = 10_000
+# Kinds the inbox does not list: they report on, or change, other things.
+NOT_LISTED_KINDS = RECEIPT_KINDS | CHANGE_KINDS | {MessageKind.GROUP, MessageKind.TIMER}
 
 
 def _ms_to_s(ms: int | None) -> float | None:
@@ -53,23 +64,28 @@ def inbox_json(row: InboxRow, names: dict[NodeId, str], request: bool) -> dict[s
         "ts": row.timestamp_ms / 1000,
         "received": row.received_ms / 1000,
         "kind": row.kind,
-        "text": row.body if isinstance(row.body, str) else None,
+        "text": text_of_body(row.body),
+        "group": row.group.hex() if row.group is not None else None,
         "read": row.read,
         "request": request,
         "seq": row.seq,
     }
 
 
-def chat_json(row: ChatRow) -> dict[str, Any]:
+def chat_json(row: ChatRow, reactions: list[tuple[NodeId, str]] | None = None) -> dict[str, Any]:
     return {
         "id": row.message_id.hex(),
         "mine": row.mine,
         "ts": row.ms / 1000,
         "sent": row.timestamp_ms / 1000,
-        "text": row.text,
+        "text": None if row.deleted else row.text,
         "read": row.read,
         "state": None if row.state is None else _state_of(row.state, row.relayed_to),
         "cursor": row.cursor,
+        "edited": row.edited_ms is not None,
+        "deleted": row.deleted,
+        "vanish": _ms_to_s(row.vanish_ms),
+        "reactions": {str(who): emoji for who, emoji in reactions or ()},
     }
 
 
@@ -143,6 +159,65 @@ def _message_ids(value: object, most: int) -> list[bytes]:
     return out
 
 
+def file_json(entry: FileIn) -> dict[str, Any]:
+    """A file offered to us: what it is, and how far its fetch is."""
+    offer = files.parse_offer(entry.offer)
+    received = (
+        offer.size
+        if entry.state == "done"
+        else min(offer.size, entry.next_chunk * files.CHUNK_SIZE)
+    )
+    out: dict[str, Any] = {
+        "name": offer.name,
+        "size": offer.size,
+        "blake2b": offer.file_hash.hex(),
+        "state": entry.state,
+        "received": received,
+    }
+    if entry.path is not None:
+        out["path"] = entry.path
+    if entry.reason is not None:
+        out["reason"] = entry.reason
+    return out
+
+
+def _texts(body: dict[str, Any]) -> list[str]:
+    """The texts of a send request: "text", or "texts" (a list)."""
+    if "texts" in body:
+        texts = body["texts"]
+        if not isinstance(texts, list) or not 0 < len(texts) <= MAX_TEXTS_PER_REQUEST:
+            raise ApiError(400, f"texts must be a list of 1 to {MAX_TEXTS_PER_REQUEST} texts")
+    else:
+        texts = [body.get("text")]
+    for text in texts:
+        if not isinstance(text, str) or not text.strip():
+            raise ApiError(400, "empty text: nothing to send")
+        if len(text) > MAX_TEXT_LEN:
+            raise ApiError(400, f"text is {len(text)} characters; the limit is {MAX_TEXT_LEN}")
+    return texts
+
+
+def group_message_json(m: dict[str, Any], names: dict[NodeId, str]) -> dict[str, Any]:
+    """One group message, either way; ours with each member's copy's state."""
+    body = m["body"]
+    out: dict[str, Any] = {
+        "mine": m["mine"],
+        "ts": m["ts_ms"] / 1000,
+        "text": body.get("t") if isinstance(body, dict) else None,
+        "gm": body["gm"].hex() if isinstance(body, dict) else None,
+    }
+    if m["mine"]:
+        out["members"] = {
+            str(peer): {"id": mid.hex(), "state": _state_of(state, relayed)}
+            for peer, mid, state, relayed in m["copies"]
+        }
+    else:
+        out.update(id=m["id"].hex(), from_=str(m["from"]), read=m["read"])
+        out["from"] = out.pop("from_")
+        out["from_name"] = names.get(m["from"])
+    return out
+
+
 def _int_query(request: Request, name: str, lo: int, hi: int) -> int | None:
     raw = request.query.get(name)
     if raw is None:
@@ -198,7 +273,187 @@ class Api:
         r.route("GET", "/v1/settings")(self.get_settings)
         r.route("POST", "/v1/settings")(self.change_settings)
         r.route("GET", "/v1/safety-number/{peer}")(self.safety)
+        r.route("POST", "/v1/files")(self.send_file)
+        r.route("POST", "/v1/messages/{id}/reaction")(self.react)
+        r.route("POST", "/v1/messages/{id}/edit")(self.edit)
+        r.route("DELETE", "/v1/messages/{id}")(self.unsend)
+        r.route("POST", "/v1/conversations/{peer}/timer")(self.set_timer)
+        r.route("GET", "/v1/groups")(self.groups)
+        r.route("POST", "/v1/groups")(self.create_group)
+        r.route("POST", "/v1/groups/{group}")(self.change_group)
+        r.route("GET", "/v1/groups/{group}/messages")(self.group_messages)
+        r.route("POST", "/v1/groups/{group}/messages")(self.send_group)
         return r
+
+    # --- reactions, edits, unsend, disappearing ---------------------------------
+
+    async def _changed(self, change: Awaitable[None]) -> Response:
+        try:
+            await change
+        except ValueError as exc:
+            raise ApiError(400, str(exc)) from None
+        except StoreError as exc:
+            raise ApiError(507, f"not stored: {exc}", "nothing was sent; try again") from None
+        return json_response({"ok": True})
+
+    async def react(self, request: Request) -> Response:
+        [message_id] = _message_ids([request.params["id"]], 1)
+        body = request.json()
+        if not isinstance(body, dict) or not isinstance(body.get("emoji"), str):
+            raise ApiError(400, 'body must be {"emoji": EMOJI} ("" takes it back)')
+        return await self._changed(self.node.react(message_id, body["emoji"]))
+
+    async def edit(self, request: Request) -> Response:
+        [message_id] = _message_ids([request.params["id"]], 1)
+        body = request.json()
+        if not isinstance(body, dict) or not isinstance(body.get("text"), str):
+            raise ApiError(400, 'body must be {"text": NEW_TEXT}')
+        [text] = _texts(body)
+        return await self._changed(self.node.change_own_text(message_id, text))
+
+    async def unsend(self, request: Request) -> Response:
+        [message_id] = _message_ids([request.params["id"]], 1)
+        return await self._changed(self.node.change_own_text(message_id, None))
+
+    async def set_timer(self, request: Request) -> Response:
+        peer = await self._resolve(request.params["peer"])
+        body = request.json()
+        seconds = body.get("seconds") if isinstance(body, dict) else None
+        if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds < 0:
+            raise ApiError(400, 'body must be {"seconds": N} (0 turns it off)')
+        return await self._changed(self.node.set_timer(peer, round(seconds * 1000)))
+
+    # --- files ----------------------------------------------------------------
+
+    async def send_file(self, request: Request) -> Response:
+        body = request.json()
+        if not isinstance(body, dict) or not isinstance(body.get("path"), str):
+            raise ApiError(400, 'body must be {"to": PEER, "path": FILE_PATH}')
+        path = PurePath(body["path"])
+        if not path.is_absolute():
+            raise ApiError(400, "path must be absolute (the node may run in another folder)")
+        to = await self._resolve(body.get("to"))
+        if to == self.node.identity.node_id:
+            raise ApiError(400, "that is this node's own id")
+        try:
+            message_id, offer = await self.node.send_file(to, Path(path))
+        except (FileError, OSError) as exc:
+            raise ApiError(400, f"cannot send {path.name}: {exc}") from None
+        except StoreError as exc:
+            raise ApiError(507, f"not stored: {exc}", "nothing was sent; try again") from None
+        return json_response(
+            {
+                "id": message_id.hex(),
+                "to": str(to),
+                "file": {
+                    "name": offer.name,
+                    "size": offer.size,
+                    "blake2b": offer.file_hash.hex(),
+                    "inline": offer.inline is not None,
+                },
+            },
+            status=201,
+        )
+
+    # --- groups ---------------------------------------------------------------
+
+    async def _groups(self) -> list[groups.GroupState]:
+        held = await self._store(self.node.store.groups)
+        return [groups.parse_state(wire.decode(state)) for _, state, _ in held]
+
+    async def _group(self, text: str) -> groups.GroupState:
+        """A group by its id (hex), a unique prefix of it, or its exact name."""
+        text = text.strip().lower()
+        found = await self._groups()
+        exact = [g for g in found if g.group_id.hex() == text]
+        if not exact and len(text) >= 4:
+            exact = [g for g in found if g.group_id.hex().startswith(text)]
+        if not exact:
+            exact = [g for g in found if g.name.lower() == text]
+        if not exact:
+            raise ApiError(404, f"no group {text!r}", "see `p2pdm group list`")
+        if len(exact) > 1:
+            raise ApiError(400, f"{text!r} names {len(exact)} groups; use the id")
+        return exact[0]
+
+    async def _peers(self, value: object, what: str) -> list[NodeId]:
+        if value is None:
+            return []
+        if not isinstance(value, list) or len(value) > groups.MAX_MEMBERS:
+            raise ApiError(400, f"{what} must be a list of at most {groups.MAX_MEMBERS} peers")
+        return [await self._resolve(v) for v in value]
+
+    async def groups(self, request: Request) -> Response:
+        me = self.node.identity.node_id
+        return json_response({"groups": [group_json(g, me) for g in await self._groups()]})
+
+    async def create_group(self, request: Request) -> Response:
+        body = request.json()
+        if not isinstance(body, dict) or not isinstance(body.get("name"), str):
+            raise ApiError(400, 'body must be {"name": NAME, "members": [PEER, ...]}')
+        members = await self._peers(body.get("members", []), "members")
+        try:
+            state = await self.node.create_group(body["name"], members)
+        except ValueError as exc:
+            raise ApiError(400, str(exc)) from None
+        except StoreError as exc:
+            raise ApiError(507, f"not stored: {exc}") from None
+        return json_response(group_json(state, self.node.identity.node_id), status=201)
+
+    async def change_group(self, request: Request) -> Response:
+        group = await self._group(request.params["group"])
+        body = request.json()
+        if not isinstance(body, dict) or not set(body) <= {"name", "add", "remove", "admins"}:
+            raise ApiError(400, 'body may hold "name", "add", "remove" and "admins"')
+        name = body.get("name")
+        if name is not None and not isinstance(name, str):
+            raise ApiError(400, "name must be text")
+        try:
+            state = await self.node.change_group(
+                group.group_id,
+                name=name,
+                add=await self._peers(body.get("add"), "add"),
+                remove=await self._peers(body.get("remove"), "remove"),
+                admins=await self._peers(body.get("admins"), "admins"),
+            )
+        except ValueError as exc:
+            raise ApiError(400, str(exc)) from None
+        except StoreError as exc:
+            raise ApiError(507, f"not stored: {exc}") from None
+        return json_response(group_json(state, self.node.identity.node_id))
+
+    async def group_messages(self, request: Request) -> Response:
+        group = await self._group(request.params["group"])
+        limit = _int_query(request, "limit", 1, MAX_PAGE) or DEFAULT_PAGE
+        rows = await self._store(self.node.store.group_messages, group.group_id, limit)
+        names = await self._names()
+        return json_response(
+            {
+                "group": group_json(group, self.node.identity.node_id),
+                "messages": [group_message_json(m, names) for m in rows],
+            }
+        )
+
+    async def send_group(self, request: Request) -> Response:
+        group = await self._group(request.params["group"])
+        body = request.json()
+        if not isinstance(body, dict):
+            raise ApiError(400, 'body must be {"text": TEXT} or {"texts": [...]}')
+        texts = _texts(body)
+        try:
+            shared, copies = await self.node.send_group_texts(group.group_id, texts)
+        except ValueError as exc:
+            raise ApiError(400, str(exc)) from None
+        except StoreError as exc:
+            raise ApiError(507, f"not stored: {exc}", "nothing was sent; try again") from None
+        return json_response(
+            {
+                "group": group.group_id.hex(),
+                "ids": [gm.hex() for gm in shared],
+                "copies": {str(p): [i.hex() for i in ids] for p, ids in copies.items()},
+            },
+            status=201,
+        )
 
     async def _store(self, fn: Any, *args: Any) -> Any:
         try:
@@ -262,17 +517,7 @@ class Api:
         body = request.json()
         if not isinstance(body, dict):
             raise ApiError(400, 'body must be {"to": PEER, "text": TEXT} or {"to", "texts": [...]}')
-        if "texts" in body:
-            texts = body["texts"]
-            if not isinstance(texts, list) or not 0 < len(texts) <= MAX_TEXTS_PER_REQUEST:
-                raise ApiError(400, f"texts must be a list of 1 to {MAX_TEXTS_PER_REQUEST} texts")
-        else:
-            texts = [body.get("text")]
-        for text in texts:
-            if not isinstance(text, str) or not text.strip():
-                raise ApiError(400, "empty text: nothing to send")
-            if len(text) > MAX_TEXT_LEN:
-                raise ApiError(400, f"text is {len(text)} characters; the limit is {MAX_TEXT_LEN}")
+        texts = _texts(body)
         ttl_ms = _ttl_ms(body.get("ttl_s"))
         to = await self._resolve(body.get("to"))
         if to == self.node.identity.node_id:
@@ -290,15 +535,30 @@ class Api:
         peer = await self._resolve(request.query["peer"]) if "peer" in request.query else None
         limit = _int_query(request, "limit", 1, MAX_LIST) or DEFAULT_LIST
         after = _int_query(request, "after", 0, 1 << 62)
-        kinds = sorted(int(k) for k in RECEIPT_KINDS)
+        kinds = sorted(int(k) for k in NOT_LISTED_KINDS)
         rows = await self._store(node.store.inbox, peer, limit, after, kinds)
         contacts = await self._store(self.node.store.contacts)
         names = {c.node_id: c.name for c in contacts if c.name}
         known = {c.node_id for c in contacts}
         requests = self.node.settings.accept is not AcceptPolicy.EVERYONE
-        return json_response(
-            {"messages": [inbox_json(r, names, requests and r.sender not in known) for r in rows]}
+        offered = [r.message_id for r in rows if r.kind == MessageKind.FILE]
+        by_message = (
+            {
+                f.message_id: f
+                for f in (
+                    await self._store(functools.partial(node.store.files_in, message_ids=offered))
+                )
+            }
+            if offered
+            else {}
         )
+        messages = []
+        for r in rows:
+            m = inbox_json(r, names, requests and r.sender not in known)
+            if r.message_id in by_message:
+                m["file"] = file_json(by_message[r.message_id])
+            messages.append(m)
+        return json_response({"messages": messages})
 
     async def _names(self) -> dict[NodeId, str]:
         contacts = await self._store(self.node.store.contacts)
@@ -420,10 +680,13 @@ class Api:
         rows = await self._store(
             self.node.store.conversation, peer, limit, request.query.get("before")
         )
+        reactions = await self._store(self.node.store.reactions, [r.message_id for r in rows])
+        timer = await self._store(self.node.store.timer, peer)
         return json_response(
             {
                 "peer": str(peer),
-                "messages": [chat_json(r) for r in rows],
+                "timer": timer / 1000,
+                "messages": [chat_json(r, reactions.get(r.message_id)) for r in rows],
                 # Older history continues before the first row of a full page.
                 "before": rows[0].cursor if len(rows) == limit else None,
             }
@@ -513,6 +776,50 @@ OPENAPI: dict[str, Any] = {
     },
     "paths": {
         "/v1/status": {"get": _op("Node id, bound addresses, connection and queue counts")},
+        "/v1/messages/{id}/reaction": {
+            "post": _op('React to a text of a conversation: {"emoji": EMOJI}; "" takes it back')
+        },
+        "/v1/messages/{id}/edit": {
+            "post": _op('Edit one of your texts on both sides: {"text": NEW_TEXT}')
+        },
+        "/v1/messages/{id}": {"delete": _op("Unsend one of your texts, on both sides")},
+        "/v1/conversations/{peer}/timer": {
+            "post": _op(
+                'Disappearing messages: {"seconds": N} (0 off, else 5 s to 28 days); new '
+                "texts both ways are deleted on both sides N seconds after they arrive"
+            )
+        },
+        "/v1/files": {
+            "post": _op(
+                'Send a file: {"to": PEER, "path": ABSOLUTE_PATH}; answers 201 {"id", "file": '
+                "{name, size, blake2b, inline}} once the offer is stored. Up to 100 MiB; small "
+                "files travel in the message, larger ones are fetched from this node. Its "
+                '"delivered" event means the recipient has the whole file, checked'
+            )
+        },
+        "/v1/groups": {
+            "get": _op("Groups this node is or was in: {id, name, version, members, admins}"),
+            "post": _op(
+                'Create a group with this node as admin: {"name": NAME, "members": [PEER]}; '
+                "answers 201 with the group once stored (members are told)"
+            ),
+        },
+        "/v1/groups/{group}": {
+            "post": _op(
+                'Change a group (admins only): {"name"?, "add"?: [PEER], "remove"?: [PEER], '
+                '"admins"?: [PEER]}; {group} is an id, a unique id prefix or the exact name'
+            )
+        },
+        "/v1/groups/{group}/messages": {
+            "get": _op(
+                f"A group's messages both ways, oldest first; ?limit= (default {DEFAULT_PAGE}). "
+                "Ours carry each member's copy's state"
+            ),
+            "post": _op(
+                'Send to every other member: {"text": TEXT} or {"texts": [...]}; answers 201 '
+                '{"ids": [shared id], "copies": {member: [envelope id]}} once stored'
+            ),
+        },
         "/v1/messages": {
             "post": _op(
                 'Send: {"to": PEER, "text": TEXT} or {"to", "texts": [...]}, optional '
@@ -552,8 +859,9 @@ OPENAPI: dict[str, Any] = {
             "get": _op(
                 f"Text messages with a peer, both ways, oldest first; ?limit= (default "
                 f"{DEFAULT_PAGE}, at most {MAX_PAGE}) &before=CURSOR for older history. Each "
-                "has {id, mine, ts, sent, text, read, state, cursor}; `before` in the answer "
-                "is the cursor for the next older page, null at the start"
+                "has {id, mine, ts, sent, text, read, state, cursor, edited, deleted, vanish, "
+                "reactions: {node id: emoji}}; `before` in the answer is the cursor for the "
+                "next older page, null at the start; `timer` is the disappearing timer (s)"
             )
         },
         "/v1/requests": {

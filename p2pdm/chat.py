@@ -23,6 +23,7 @@ from rich.text import Text
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.css.query import NoMatches
 from textual.screen import ModalScreen
 from textual.widgets import Footer, Header, Input, Label, ListItem, ListView, Static
 
@@ -464,7 +465,10 @@ class ChatApp(App[int]):
                 row["request"],
                 row["last_text"],
             )
-        sidebar = self.query_one("#sidebar", ListView)
+        try:
+            sidebar = self.query_one("#sidebar", ListView)
+        except NoMatches:
+            return  # the app closed while the node answered
         await sidebar.clear()
         items: list[ListItem] = []
         people = [c for c in self.conversations.values() if not c.request]

@@ -14,6 +14,7 @@ import os
 import sys
 import time
 import urllib.parse
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from p2pdm import __version__
@@ -44,7 +45,6 @@ from p2pdm.transport import limits_with, parse_address
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
-    from pathlib import Path
 
     from p2pdm.apiclient import ApiClient
 
@@ -201,6 +201,12 @@ def _texts_from(args: argparse.Namespace) -> list[str]:
 
 
 def cmd_send(home: Path, args: argparse.Namespace) -> int:
+    if args.group is not None:
+        return _send_group(home, args)
+    if args.peer is None:
+        raise CliError("give PEER (or --group GROUP)", EXIT_USAGE)
+    if args.file is not None:
+        return _send_file(home, args)
     texts = _texts_from(args)
     client = _client(home)
     ids: list[str] = []
@@ -215,6 +221,132 @@ def cmd_send(home: Path, args: argparse.Namespace) -> int:
     if args.wait is None:
         return EXIT_OK
     return _wait_delivered(client, ids, args.wait)
+
+
+def _send_file(home: Path, args: argparse.Namespace) -> int:
+    """`send PEER --file PATH`: prints the message id once the offer is
+    stored; with --wait, a progress bar until the peer has the whole file."""
+    if args.text is not None or args.stdin:
+        raise CliError("with --file give no TEXT", EXIT_USAGE)
+    path = Path(args.file).expanduser().resolve()
+    if not path.is_file():
+        raise CliError(f"{args.file}: no such file", EXIT_USAGE)
+    client = _client(home)
+    with client.events("/v1/events") as events:
+        answer = client.post("/v1/files", {"to": args.peer, "path": str(path)})
+        print(answer["id"], flush=True)
+        if args.wait is None:
+            return EXIT_OK
+        bar = ProgressBar(answer["file"]["name"], answer["file"]["size"])
+        deadline = time.monotonic() + args.wait
+        while True:
+            left = deadline - time.monotonic()
+            event = events.next(timeout=left) if left > 0 else None
+            if event is None:
+                bar.end()
+                print("p2pdm: the file is not delivered yet; it stays offered", file=sys.stderr)
+                return EXIT_TIMEOUT
+            name, data = event
+            if name == "file-sent" and data.get("id") == answer["id"]:
+                bar.show(int(data["sent"]))
+            elif name == "delivered" and data.get("id") == answer["id"]:
+                bar.show(answer["file"]["size"])
+                bar.end()
+                return EXIT_OK
+
+
+class ProgressBar:
+    """A one-line progress bar on stderr: redrawn on a terminal, a line per
+    10 % otherwise (logs stay short)."""
+
+    WIDTH = 30
+
+    def __init__(self, name: str, size: int) -> None:
+        self.name, self.size = visible(name), size
+        self.started = time.monotonic()
+        self.tty = sys.stderr.isatty()
+        self.last_tenth = -1
+
+    def show(self, done: int) -> None:
+        share = done / self.size if self.size else 1.0
+        rate = done / max(time.monotonic() - self.started, 1e-3) / (1 << 20)
+        filled = int(share * self.WIDTH)
+        line = (
+            f"{self.name} [{'#' * filled}{'.' * (self.WIDTH - filled)}] "
+            f"{share:4.0%} {done / (1 << 20):.1f}/{self.size / (1 << 20):.1f} MiB {rate:.1f} MiB/s"
+        )
+        if self.tty:
+            print("\r" + line, end="", file=sys.stderr, flush=True)
+        elif int(share * 10) > self.last_tenth:
+            self.last_tenth = int(share * 10)
+            print(line, file=sys.stderr, flush=True)
+
+    def end(self) -> None:
+        if self.tty:
+            print(file=sys.stderr, flush=True)
+
+
+def _send_group(home: Path, args: argparse.Namespace) -> int:
+    """`send --group GROUP TEXT`: the one positional is the text."""
+    if args.peer is not None and args.text is not None:
+        raise CliError("with --group give only TEXT, no PEER", EXIT_USAGE)
+    args.text = args.text if args.text is not None else args.peer
+    texts = _texts_from(args)
+    client = _client(home)
+    copies: list[str] = []
+    for start in range(0, len(texts), SEND_CHUNK):
+        answer = client.post(
+            f"/v1/groups/{_path_part(args.group)}/messages",
+            {"texts": texts[start : start + SEND_CHUNK]},
+        )
+        for gm in answer["ids"]:
+            print(gm, flush=True)
+        copies += [mid for ids in answer["copies"].values() for mid in ids]
+    if args.wait is None:
+        return EXIT_OK
+    return _wait_delivered(client, copies, args.wait)
+
+
+def cmd_react(home: Path, args: argparse.Namespace) -> int:
+    _client(home).post(f"/v1/messages/{_path_part(args.id)}/reaction", {"emoji": args.emoji})
+    return EXIT_OK
+
+
+def cmd_edit(home: Path, args: argparse.Namespace) -> int:
+    if not args.text.strip():
+        raise CliError("empty text: use `p2pdm unsend` to take a message back", EXIT_USAGE)
+    _client(home).post(f"/v1/messages/{_path_part(args.id)}/edit", {"text": args.text})
+    return EXIT_OK
+
+
+def cmd_unsend(home: Path, args: argparse.Namespace) -> int:
+    _client(home).delete(f"/v1/messages/{_path_part(args.id)}")
+    return EXIT_OK
+
+
+def cmd_timer(home: Path, args: argparse.Namespace) -> int:
+    seconds = 0.0 if args.seconds == "off" else _duration(args.seconds)
+    _client(home).post(f"/v1/conversations/{_path_part(args.peer)}/timer", {"seconds": seconds})
+    return EXIT_OK
+
+
+def cmd_group(home: Path, args: argparse.Namespace) -> int:
+    client = _client(home)
+    if args.action == "create":
+        group = client.post("/v1/groups", {"name": args.name, "members": args.member or []})
+        print(group["id"])
+        return EXIT_OK
+    if args.action == "list":
+        for g in client.get("/v1/groups")["groups"]:
+            if args.json:
+                print(json.dumps(g, ensure_ascii=False))
+            else:
+                left = "" if g["member"] else " (left)"
+                print(f"{g['id']} {visible(g['name'])} ({len(g['members'])} members){left}")
+        return EXIT_OK
+    change = {"add": [args.peer]} if args.action == "add" else {"remove": [args.peer]}
+    client.post(f"/v1/groups/{_path_part(args.group)}", change)
+    return EXIT_OK
 
 
 def _wait_delivered(client: ApiClient, ids: list[str], seconds: float) -> int:
@@ -261,7 +393,12 @@ def _inbox_line(m: dict[str, object], as_json: bool) -> str:
         return json.dumps(m, ensure_ascii=False)
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(m["ts"])))  # type: ignore[arg-type]
     sender = m.get("from_name") or str(m["from"])[:12]
-    return f"{when} {sender}: {visible(str(m.get('text')))}"
+    group = f" [{str(m['group'])[:8]}]" if m.get("group") else ""
+    file = m.get("file")
+    if isinstance(file, dict):
+        where = file.get("path") or f"{file.get('state')} {file.get('received')}/{file.get('size')}"
+        return f"{when} {sender}{group}: file {visible(str(file.get('name')))} ({where})"
+    return f"{when} {sender}{group}: {visible(str(m.get('text')))}"
 
 
 def cmd_inbox(home: Path, args: argparse.Namespace) -> int:
@@ -429,6 +566,21 @@ def _seconds(text: str) -> float:
     return value
 
 
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _duration(text: str) -> float:
+    """Seconds from "30", "30s", "10m", "1h" or "7d"."""
+    unit = _UNITS.get(text[-1:].lower(), 0)
+    try:
+        value = float(text[:-1] if unit else text) * (unit or 1)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise CliError(f"{text!r}: give a duration such as 30, 10m, 1h or 7d, or off", EXIT_USAGE)
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="p2pdm", description="Peer-to-peer direct messaging.")
     parser.add_argument("--version", action="version", version=f"p2pdm {__version__}")
@@ -504,8 +656,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("send", help="send a message (prints its id once stored)")
-    p.add_argument("peer", help="node id, unique prefix of one, or contact name")
+    p.add_argument("peer", nargs="?", help="node id, unique prefix of one, or contact name")
     p.add_argument("text", nargs="?", help="the message")
+    p.add_argument("--group", help="send to this group (id, id prefix or name) instead")
+    p.add_argument("--file", metavar="PATH", help="send this file (up to 100 MiB)")
     p.add_argument("--stdin", action="store_true", help="one message per line of input")
     p.add_argument(
         "--wait",
@@ -514,6 +668,35 @@ def build_parser() -> argparse.ArgumentParser:
         help="wait for delivery receipts: exit 0 when all came, 3 on timeout",
     )
     p.set_defaults(func=cmd_send)
+
+    p = sub.add_parser("react", help="react to a message (an empty EMOJI takes it back)")
+    p.add_argument("id", help="the message id (hex)")
+    p.add_argument("emoji")
+    p.set_defaults(func=cmd_react)
+    p = sub.add_parser("edit", help="change the text of a message you sent, on both sides")
+    p.add_argument("id", help="the message id (hex)")
+    p.add_argument("text")
+    p.set_defaults(func=cmd_edit)
+    p = sub.add_parser("unsend", help="delete a message you sent, on both sides")
+    p.add_argument("id", help="the message id (hex)")
+    p.set_defaults(func=cmd_unsend)
+    p = sub.add_parser("timer", help="disappearing messages in a conversation, both ways")
+    p.add_argument("peer", help="node id, unique prefix of one, or contact name")
+    p.add_argument("seconds", help="e.g. 30, 10m, 1h, 7d; or off")
+    p.set_defaults(func=cmd_timer)
+
+    p = sub.add_parser("group", help="group conversations")
+    gsub = p.add_subparsers(dest="action", required=True)
+    g = gsub.add_parser("create", help="create a group (prints its id)")
+    g.add_argument("name")
+    g.add_argument("--member", action="append", metavar="PEER", help="a member (repeatable)")
+    for action, text in (("add", "add a member"), ("remove", "remove a member")):
+        g = gsub.add_parser(action, help=text + " (admins only)")
+        g.add_argument("group", help="group id, id prefix or name")
+        g.add_argument("peer")
+    g = gsub.add_parser("list", help="groups this node is or was in")
+    g.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.set_defaults(func=cmd_group)
 
     p = sub.add_parser("inbox", help="received messages, oldest first")
     p.add_argument("--json", action="store_true", help="one JSON object per line")

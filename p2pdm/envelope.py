@@ -29,7 +29,7 @@ from enum import IntEnum
 import nacl.exceptions
 import nacl.public
 
-from p2pdm import wire
+from p2pdm import files, groups, wire
 from p2pdm.identity import PUBLIC_KEY_LEN, SIGNATURE_LEN, BadSignature, Identity, NodeId
 
 ENVELOPE_VERSION = 1
@@ -47,6 +47,8 @@ MAX_TEXT_LEN = 16 * 1024
 # Timestamps are integer milliseconds since the Unix epoch; 2^53 keeps them
 # exact in JSON and JavaScript on the local API.
 MAX_TIMESTAMP_MS = (1 << 53) - 1
+# A group message's copies (one per member) share an id of this size.
+GROUP_MESSAGE_ID_LEN = 16
 # Kinds are small integers; leave room for many without accepting any int.
 MAX_KIND = 0xFFFF
 
@@ -64,6 +66,35 @@ class MessageKind(IntEnum):
     TYPING = 4
     """Ephemeral: the sender is typing (or stopped); body is {"active": bool}.
     Goes only in an EPHEMERAL frame to a connected peer: never stored or relayed."""
+    GROUP = 5
+    """A group's new state (p2pdm.groups): from an admin to every member of the
+    old and the new member list."""
+    GROUP_TEXT = 6
+    """A message to a group, sealed once per member; body is
+    {"g": group id, "gm": id shared by every member's copy, "t": text}."""
+    FILE = 7
+    """A file offer (p2pdm.files): small files inline, larger ones fetched from
+    the sender chunk by chunk. Its delivery receipt is sent once the file is
+    complete and checked."""
+    REACTION = 8
+    """{"ref": message id, "e": emoji}: the sender's reaction to a message of
+    this conversation ("" takes it back)."""
+    EDIT = 9
+    """{"ref": message id, "t": text}: the sender's new text for its own message."""
+    DELETE = 10
+    """{"ref": message id}: the sender unsends its own message."""
+    TIMER = 11
+    """{"after": ms}: the sender set this conversation's disappearing-message
+    timer (0: off); both sides then send texts that vanish after it."""
+
+
+# Changes to other messages: listed with them, not as messages of their own.
+CHANGE_KINDS = frozenset({MessageKind.REACTION, MessageKind.EDIT, MessageKind.DELETE})
+# A reaction is one emoji, perhaps with modifiers and joiners: a few code points.
+MAX_REACTION_LEN = 16
+# Disappearing messages vanish between 5 s and 4 weeks after they arrive.
+MIN_DISAPPEAR_MS = 5_000
+MAX_DISAPPEAR_MS = 28 * 86_400_000
 
 
 # Kinds that report on other messages: they get no delivery receipt of their
@@ -119,10 +150,30 @@ def compute_message_id(version: int, recipient: bytes, expires_ms: int, cipherte
 def _check_body(kind: int, body: wire.Value) -> None:
     """Per-kind body schema; raises wire.WireError."""
     if kind == MessageKind.TEXT:
+        if isinstance(body, dict):  # a disappearing text
+            fields = wire.as_map(body, "text", required={"t", "dis"})
+            wire.field_int(fields, "dis", "text", lo=MIN_DISAPPEAR_MS, hi=MAX_DISAPPEAR_MS)
+            body = fields["t"]
         if not isinstance(body, str) or not body:
             raise wire.WireError("a text message's body must be non-empty text")
         if len(body) > MAX_TEXT_LEN:
             raise wire.WireError(f"text is {len(body)} characters, over {MAX_TEXT_LEN}")
+    elif kind in CHANGE_KINDS:
+        what = MessageKind(kind).name.lower()
+        extra = {MessageKind.REACTION: {"e"}, MessageKind.EDIT: {"t"}}.get(MessageKind(kind), set())
+        fields = wire.as_map(body, what, required={"ref"} | extra)
+        wire.field_bytes(fields, "ref", what, size=MESSAGE_ID_LEN)
+        if kind == MessageKind.REACTION:
+            wire.field_text(fields, "e", what, max_len=MAX_REACTION_LEN)
+        elif kind == MessageKind.EDIT and not wire.field_text(
+            fields, "t", what, max_len=MAX_TEXT_LEN
+        ):
+            raise wire.WireError("an edit's text is empty")
+    elif kind == MessageKind.TIMER:
+        fields = wire.as_map(body, "timer", required={"after"})
+        after = wire.field_int(fields, "after", "timer", lo=0, hi=MAX_DISAPPEAR_MS)
+        if 0 < after < MIN_DISAPPEAR_MS:
+            raise wire.WireError(f"timer.after is 0 (off) or at least {MIN_DISAPPEAR_MS} ms")
     elif kind in RECEIPT_KINDS:
         ids = wire.as_map(body, "receipt", required={"ids"})["ids"]
         if not isinstance(ids, list) or not ids:
@@ -130,6 +181,17 @@ def _check_body(kind: int, body: wire.Value) -> None:
         for mid in ids:
             if not isinstance(mid, bytes) or len(mid) != MESSAGE_ID_LEN:
                 raise wire.WireError(f"receipt.ids holds {MESSAGE_ID_LEN}-byte message ids")
+    elif kind == MessageKind.GROUP:
+        groups.parse_state(body)
+    elif kind == MessageKind.GROUP_TEXT:
+        fields = wire.as_map(body, "group text", required={"g", "gm", "t"})
+        wire.field_bytes(fields, "g", "group text", size=groups.GROUP_ID_LEN)
+        wire.field_bytes(fields, "gm", "group text", size=GROUP_MESSAGE_ID_LEN)
+        text = wire.field_text(fields, "t", "group text", max_len=MAX_TEXT_LEN)
+        if not text:
+            raise wire.WireError("a group message's text is empty")
+    elif kind == MessageKind.FILE:
+        files.parse_offer(body)
     elif kind == MessageKind.TYPING:
         active = wire.as_map(body, "typing", required={"active"})["active"]
         if not isinstance(active, bool):

@@ -28,16 +28,17 @@ import hashlib
 import ipaddress
 import itertools
 import logging
+import os
 import random
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import trio
 
-from p2pdm import __version__, envelope, wire
-from p2pdm.envelope import RECEIPT_KINDS, EnvelopeError, MessageKind
+from p2pdm import __version__, envelope, files, groups, wire
+from p2pdm.envelope import CHANGE_KINDS, RECEIPT_KINDS, EnvelopeError, MessageKind
 from p2pdm.handshake import (
     PROTOCOL_VERSIONS,
     HandshakeError,
@@ -52,11 +53,15 @@ from p2pdm.reconcile import ReconcileError, Reconciler, is_start
 from p2pdm.session import (
     DEFAULT_WINDOW,
     EPHEMERAL_FEATURE,
+    FILES_FEATURE,
     PEX_WANT_FEATURE,
     AckReceived,
     AckStatus,
     ByeReceived,
     EphemeralReceived,
+    FileDataReceived,
+    FileGetReceived,
+    FileMissingReceived,
     Hello,
     HelloReceived,
     NoticeReceived,
@@ -79,7 +84,10 @@ from p2pdm.store import (
     RelayResult,
     Store,
     StoreError,
+    group_fields,
+    text_of_body,
 )
+from p2pdm.transfer import FILE_PIECES_BUFFERED, MAX_FILE_REQUESTS, Transfers
 from p2pdm.transport import (
     AdmissionControl,
     Connection,
@@ -102,6 +110,7 @@ if TYPE_CHECKING:
     from p2pdm.store import OutboxRow, RelayRow
 
 log = logging.getLogger(__name__)
+_G = TypeVar("_G", bound="GroupOp")
 
 DEFAULT_PORT = 7707
 # A week: long enough for friends who are rarely online, short enough that
@@ -310,6 +319,10 @@ class BatchContext:
     notices_back: list[tuple[NodeId, bytes]] = field(default_factory=list)
     accepted: dict[NodeId, bool] = field(default_factory=dict)
     """`Node.accepts` answers in this batch (ops that accept a peer drop theirs)."""
+    offered_by: set[NodeId] = field(default_factory=set)
+    """Peers that offered us files in this batch: fetch once committed."""
+    vanishing: bool = False
+    """A disappearing text was stored: the vanish timer may need to be sooner."""
 
     def accepts(self, store: Store, peer: NodeId) -> bool:
         if peer not in self.accepted:
@@ -334,8 +347,13 @@ class Committer:
         self.ops = 0
 
     async def submit(self, op: Op) -> Op:
+        """Queue `op`; await `op.done`. After the committer stopped, the op
+        is done at once with an error (nothing is stored)."""
         self._waiting.add(op)
-        await self._send.send(op)
+        try:
+            await self._send.send(op)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self._finish(op, "the node stopped before this was stored")
         return op
 
     async def run(self) -> None:
@@ -422,6 +440,10 @@ class Committer:
                     self._node.offer(out)
                 for peer, notice in ctx.notices_back:
                     self._node.send_notice(peer, notice)
+                if ctx.offered_by:
+                    self._node.files_offered(ctx.offered_by)
+                if ctx.vanishing:
+                    self._node.vanish_wake.set()
 
     def _apply(self, batch: list[Op], ctx: BatchContext) -> None:
         self._prepare(batch, ctx.now_ms)  # those the prepare stage passed on as they were
@@ -457,24 +479,29 @@ class SendTexts(Enqueue):
 
     needs_prepare = True
 
-    def __init__(self, to: NodeId, texts: list[str], now_ms: int, expires_ms: int) -> None:
+    def __init__(
+        self, to: NodeId, texts: list[str], now_ms: int, expires_ms: int, vanish_ms: int = 0
+    ) -> None:
         super().__init__([])
         self.to, self.texts, self.now_ms, self.expires_ms = to, texts, now_ms, expires_ms
+        self.vanish_ms = vanish_ms
+        """The conversation's disappearing timer (0: off)."""
         self.invalid: str | None = None
         """Why the texts cannot be sent (nothing is stored then)."""
 
     def prepare(self, node: Node, now_ms: int) -> None:
         try:
             for text in self.texts:
+                body: wire.Value = {"t": text, "dis": self.vanish_ms} if self.vanish_ms else text
                 sealed, outer = envelope.seal_with_outer(
                     node.identity,
                     self.to,
                     MessageKind.TEXT,
-                    text,
+                    body,
                     timestamp_ms=self.now_ms,
                     expires_ms=self.expires_ms,
                 )
-                self.rows.append((sealed, outer, int(MessageKind.TEXT), text))
+                self.rows.append((sealed, outer, int(MessageKind.TEXT), body))
         except ValueError as exc:
             self.invalid = str(exc)
             self.rows.clear()
@@ -484,6 +511,154 @@ class SendTexts(Enqueue):
         if self.rows:
             store.accept_peer(self.to, ctx.now_ms)  # writing to someone accepts them
             ctx.accepted.pop(self.to, None)
+            ctx.vanishing = ctx.vanishing or bool(self.vanish_ms)
+
+
+class SendChange(Enqueue):
+    """A reaction, edit, unsend or timer to one peer, committed together with
+    its effect on our own copy."""
+
+    def __init__(
+        self,
+        to: NodeId,
+        kind: MessageKind,
+        body: dict[wire.Key, wire.Value],
+        effect: Callable[[Store, BatchContext], object],
+    ) -> None:
+        super().__init__([])
+        self.to, self.kind, self.body, self.effect = to, kind, body, effect
+
+    def apply(self, store: Store, ctx: BatchContext) -> None:
+        node = ctx.node
+        sealed, outer = envelope.seal_with_outer(
+            node.identity,
+            self.to,
+            self.kind,
+            self.body,
+            timestamp_ms=ctx.now_ms,
+            expires_ms=ctx.now_ms + node.config.ttl_ms,
+        )
+        self.rows.append((sealed, outer, int(self.kind), self.body))
+        self.effect(store, ctx)
+        super().apply(store, ctx)
+
+
+class GroupOp(Enqueue):
+    """A group change or message: sealed inside the batch, against the group
+    state held at that moment, so nothing is sealed to a member removed
+    by a change committed before it."""
+
+    def __init__(self, group_id: bytes) -> None:
+        super().__init__([])
+        self.group_id = group_id
+        self.invalid: str | None = None
+        """Why nothing was done (nothing is stored then)."""
+
+    def _seal_to(self, node: Node, to: Iterable[NodeId], kind: int, body: Any, now_ms: int) -> None:
+        expires = now_ms + node.config.ttl_ms
+        for member in to:
+            if member != node.identity.node_id:
+                sealed, outer = envelope.seal_with_outer(
+                    node.identity, member, kind, body, timestamp_ms=now_ms, expires_ms=expires
+                )
+                self.rows.append((sealed, outer, int(kind), body))
+
+    def apply(self, store: Store, ctx: BatchContext) -> None:
+        try:
+            self.build(store, ctx)
+        except (ValueError, groups.GroupError) as exc:
+            self.invalid = str(exc)
+            self.rows.clear()
+            return
+        super().apply(store, ctx)
+
+    @abc.abstractmethod
+    def build(self, store: Store, ctx: BatchContext) -> None:
+        """Check the change against the held state and seal its envelopes."""
+
+
+class ChangeGroup(GroupOp):
+    """Create a group, or change one we are an admin of: the new state is
+    kept and sent to every member of the old and the new list."""
+
+    def __init__(
+        self,
+        group_id: bytes,
+        *,
+        name: str | None = None,
+        add: Iterable[NodeId] = (),
+        remove: Iterable[NodeId] = (),
+        admins: Iterable[NodeId] = (),
+        create: bool = False,
+    ) -> None:
+        super().__init__(group_id)
+        self.name, self.add, self.remove = name, set(add), set(remove)
+        self.new_admins, self.create = set(admins), create
+        self.state: groups.GroupState | None = None
+
+    def build(self, store: Store, ctx: BatchContext) -> None:
+        me = ctx.node.identity.node_id
+        current = groups.load(store, self.group_id)
+        if self.create:
+            if current is not None:
+                raise ValueError("that group id is taken")
+            if self.name is None:
+                raise ValueError("a new group needs a name")
+            new = groups.make_state(self.group_id, 1, self.name, self.add | {me}, {me})
+            old_members: tuple[NodeId, ...] = ()
+        else:
+            if current is None:
+                raise ValueError("no such group")
+            if not current.is_member(me):
+                raise ValueError("this node is no longer a member of that group")
+            if not current.is_admin(me):
+                raise ValueError("only a group admin can change it")
+            members = (set(current.members) | self.add) - self.remove
+            admins = (set(current.admins) | self.new_admins) & members
+            if not admins:
+                raise ValueError("a group keeps at least one admin")
+            name = current.name if self.name is None else self.name
+            new = groups.make_state(self.group_id, current.version + 1, name, members, admins)
+            old_members = current.members
+        store.save_group(new.group_id, new.version, new.encoded(), new.is_member(me), ctx.now_ms)
+        self.state = new
+        to = dict.fromkeys(old_members + new.members)  # ordered, no repeats
+        self._seal_to(ctx.node, to, MessageKind.GROUP, new.body(), ctx.now_ms)
+        ctx.events.append(("group", group_json(new, me)))
+
+
+class SendGroupText(GroupOp):
+    """Texts to a group: one envelope per other member of the state held now."""
+
+    def __init__(self, group_id: bytes, texts: list[str]) -> None:
+        super().__init__(group_id)
+        self.texts = texts
+        self.shared_ids: list[bytes] = []
+
+    def build(self, store: Store, ctx: BatchContext) -> None:
+        me = ctx.node.identity.node_id
+        state = groups.load(store, self.group_id)
+        if state is None:
+            raise ValueError("no such group")
+        if not state.is_member(me):
+            raise ValueError("this node is no longer a member of that group")
+        for text in self.texts:
+            gm = os.urandom(envelope.GROUP_MESSAGE_ID_LEN)
+            body = {"g": self.group_id, "gm": gm, "t": text}
+            self._seal_to(ctx.node, state.members, MessageKind.GROUP_TEXT, body, ctx.now_ms)
+            self.shared_ids.append(gm)
+
+
+def group_json(state: groups.GroupState, me: NodeId) -> dict[str, Any]:
+    """A group as the API and the event stream show it."""
+    return {
+        "id": state.group_id.hex(),
+        "name": state.name,
+        "version": state.version,
+        "members": [str(m) for m in state.members],
+        "admins": [str(a) for a in state.admins],
+        "member": state.is_member(me),
+    }
 
 
 class MarkRead(Op):
@@ -577,17 +752,47 @@ class IncomingPush(Op):
         mine = [
             (op, op.message) for op in pushes if op.for_relay is None and op.message is not None
         ]
+        # Group messages go second, so a group change in the same batch
+        # (often the one that added us) is taken before they are checked.
+        direct = [(op, m) for op, m in mine if m.kind != MessageKind.GROUP_TEXT]
         strangers = ctx.node.settings.accept is not AcceptPolicy.CONTACTS
         results = store.accept_incoming_many(
-            [(msg, op.data) for op, msg in mine], ctx.now_ms, strangers=strangers
+            [(msg, op.data) for op, msg in direct], ctx.now_ms, strangers=strangers
         )
-        outcome = {id(op): result for (op, _), result in zip(mine, results, strict=True)}
+        outcome = {id(op): result for (op, _), result in zip(direct, results, strict=True)}
         for op in pushes:
             if op.for_relay is not None:
                 op._hold(op.for_relay, store, ctx)
             elif id(op) in outcome:
                 op._settle(outcome[id(op)], store, ctx)
             # else refused in prepare(); the reason is set
+        grouped = [(op, m) for op, m in mine if m.kind == MessageKind.GROUP_TEXT]
+        members = [(op, m) for op, m in grouped if op._from_member(store, ctx)]
+        # Membership stands in for being a contact: a group is people we joined.
+        results = store.accept_incoming_many(
+            [(msg, op.data) for op, msg in members], ctx.now_ms, strangers=True
+        )
+        for (op, _), result in zip(members, results, strict=True):
+            op._settle(result, store, ctx)
+
+    def _from_member(self, store: Store, ctx: BatchContext) -> bool:
+        """A group message is taken only from a member of a group we are in.
+        Refused otherwise, so the sender tries again later: the change that
+        makes it a member may still be on its way to us."""
+        msg = self.message
+        assert msg is not None
+        assert isinstance(msg.body, dict)
+        group_id = msg.body["g"]
+        assert isinstance(group_id, bytes)
+        state = groups.load(store, group_id)
+        me = ctx.node.identity.node_id
+        if state is None or not state.is_member(me):
+            self.reason = "not a group this node is in (yet)"
+        elif not state.is_member(msg.sender):
+            self.reason = "the sender is not a member of this group"
+        else:
+            return True
+        return False
 
     def _settle(self, result: AcceptResult, store: Store, ctx: BatchContext) -> None:
         node, msg = ctx.node, self.message
@@ -605,11 +810,36 @@ class IncomingPush(Op):
                 ids = _receipt_ids(msg.body)
                 for mid in store.mark_outbox_read(ids, ctx.now_ms, recipient=msg.sender):
                     ctx.events.append(("read", {"id": mid.hex(), "by": str(msg.sender)}))
+            elif msg.kind == MessageKind.FILE:
+                # The receipt waits until the file is complete and checked:
+                # "delivered" means the recipient has the file.
+                offer = files.parse_offer(msg.body)
+                store.add_file_in(
+                    offer.offer_id, msg.message_id, msg.sender, wire.encode(msg.body), ctx.now_ms
+                )
+                ctx.offered_by.add(msg.sender)
+                request = not ctx.accepts(store, msg.sender)
+                ctx.events.append(("message", {**node.inbox_event(msg), "request": request}))
+                ctx.received += 1
+            elif msg.kind in CHANGE_KINDS or msg.kind == MessageKind.TIMER:
+                ctx.receipts.setdefault(msg.sender, []).append(msg.message_id)
+                take_change(store, ctx, msg.sender, msg.kind, msg.body, msg.timestamp_ms)
+            elif msg.kind == MessageKind.GROUP:
+                ctx.receipts.setdefault(msg.sender, []).append(msg.message_id)
+                me = node.identity.node_id
+                offered = groups.parse_state(msg.body)
+                for state in groups.take(store, me, msg.sender, offered, ctx.now_ms):
+                    ctx.events.append(("group", group_json(state, me)))
             else:
                 ctx.receipts.setdefault(msg.sender, []).append(msg.message_id)
                 request = not ctx.accepts(store, msg.sender)
                 ctx.events.append(("message", {**node.inbox_event(msg), "request": request}))
                 ctx.received += 1
+                if msg.kind == MessageKind.TEXT:
+                    ctx.vanishing = ctx.vanishing or isinstance(msg.body, dict)
+                    # An edit or unsend that overtook its message applies now.
+                    for kind, body, ts in store.early_changes(msg.message_id, msg.sender):
+                        take_change(store, ctx, msg.sender, kind, body, ts)
         elif result is AcceptResult.DUPLICATE:
             self.status = AckStatus.DUPLICATE
             ctx.duplicates += 1
@@ -617,7 +847,7 @@ class IncomingPush(Op):
             # stranger under accept = contacts) gets no receipt, copy or not.
             if store.in_inbox(msg.message_id):
                 self.holding = True
-                if msg.kind not in RECEIPT_KINDS:
+                if msg.kind not in RECEIPT_KINDS and _complete(store, msg):
                     # Our first receipt may have been lost: send another.
                     ctx.receipts.setdefault(msg.sender, []).append(msg.message_id)
         elif result is AcceptResult.BLOCKED:
@@ -628,6 +858,89 @@ class IncomingPush(Op):
             self.reason = "message has expired"
         else:
             self.reason = "timestamp is more than 24 h in the future"
+
+
+def take_change(
+    store: Store, ctx: BatchContext, sender: NodeId, kind: int, body: Any, ts_ms: int
+) -> None:
+    """A peer's reaction, edit, unsend or timer, inside the batch. Edits and
+    unsends touch only the sender's own texts to us; one whose text has not
+    arrived yet stays in the inbox and applies when it does."""
+    if kind == MessageKind.TIMER:
+        if store.set_timer(sender, body["after"], ts_ms):
+            ctx.events.append(("timer", {"peer": str(sender), "after": body["after"] / 1000}))
+        return
+    ref: bytes = body["ref"]
+    target = store.text_message(ref)
+    if kind == MessageKind.REACTION:
+        # Only on a message of the conversation with the reactor.
+        if (target is None or target[1] == sender) and store.set_reaction(
+            ref, sender, body["e"], ts_ms
+        ):
+            ctx.events.append(
+                ("reaction", {"id": ref.hex(), "by": str(sender), "emoji": body["e"]})
+            )
+        return
+    if target is None or target[0] or target[1] != sender:
+        return  # not yet here (kept), or not the sender's message to change
+    text = body["t"] if kind == MessageKind.EDIT else None
+    if store.change_text(ref, mine=False, author=sender, text=text, ts_ms=ts_ms):
+        name = "edited" if text is not None else "deleted"
+        event = {"id": ref.hex(), "by": str(sender)} | ({"text": text} if text else {})
+        ctx.events.append((name, event))
+
+
+def _complete(store: Store, msg: envelope.Message) -> bool:
+    """Is a message we hold complete (a file: fetched and checked)?"""
+    if msg.kind != MessageKind.FILE:
+        return True
+    return all(f.state == "done" for f in store.files_in(message_ids=[msg.message_id]))
+
+
+class Receipts(Op):
+    """Delivery receipts for messages completed after they were stored (files)."""
+
+    def __init__(self, sender: NodeId, ids: list[bytes]) -> None:
+        super().__init__()
+        self.sender, self.ids = sender, ids
+
+    def apply(self, store: Store, ctx: BatchContext) -> None:
+        ctx.receipts.setdefault(self.sender, []).extend(self.ids)
+
+
+class SendFile(Enqueue):
+    """A file offer, committed with what lets its recipient fetch the file."""
+
+    def __init__(self, to: NodeId, offer: files.Offer, file_hash: bytes | None) -> None:
+        super().__init__([])
+        self.to, self.offer, self.file_hash = to, offer, file_hash
+
+    def apply(self, store: Store, ctx: BatchContext) -> None:
+        node = ctx.node
+        expires = ctx.now_ms + node.config.ttl_ms
+        body = self.offer.body()
+        sealed, outer = envelope.seal_with_outer(
+            node.identity,
+            self.to,
+            MessageKind.FILE,
+            body,
+            timestamp_ms=ctx.now_ms,
+            expires_ms=expires,
+        )
+        self.rows.append((sealed, outer, int(MessageKind.FILE), body))
+        if self.file_hash is not None:
+            store.add_file_out(
+                self.offer.offer_id,
+                outer.message_id,
+                self.to,
+                self.file_hash,
+                self.offer.size,
+                self.offer.key,
+                expires,
+            )
+        super().apply(store, ctx)
+        store.accept_peer(self.to, ctx.now_ms)  # writing to someone accepts them
+        ctx.accepted.pop(self.to, None)
 
 
 class AckOutcome(Op):
@@ -718,7 +1031,9 @@ class PeerLink:
         self.conn = conn
         self.peer = conn.peer
         self.asked_for_records = node.wants_records()
-        features = (EPHEMERAL_FEATURE,) + ((PEX_WANT_FEATURE,) if self.asked_for_records else ())
+        features = (EPHEMERAL_FEATURE, FILES_FEATURE) + (
+            (PEX_WANT_FEATURE,) if self.asked_for_records else ()
+        )
         self.session = Session(Hello(node.config.window, node.config.relay, features, AGENT))
         self.in_flight: dict[int, Outgoing] = {}
         self._in_flight_ids: set[bytes] = set()
@@ -761,6 +1076,17 @@ class PeerLink:
         self.opened = trio.Event()
         self.cancel_scope = trio.CancelScope()
         self.close_reason = ""
+        # File chunks the peer asked for (bounded: see transfer.MAX_FILE_REQUESTS),
+        # and pieces of chunks we asked for, read by our fetcher only while
+        # it has asked for some.
+        self._file_get_send, self.file_requests = trio.open_memory_channel[FileGetReceived](
+            MAX_FILE_REQUESTS
+        )
+        self._file_piece_send, self.file_pieces = trio.open_memory_channel[
+            FileDataReceived | FileMissingReceived
+        ](FILE_PIECES_BUFFERED)
+        self.fetch_wake = trio.Event()
+        self.fetching = False
 
     def poke(self) -> None:
         self._wake.set()
@@ -807,8 +1133,20 @@ class PeerLink:
                     self._pex,
                     self._notifier,
                     self._reconcile,
+                    self._files,
                 ):
                     nursery.start_soon(self._until_done, task)
+
+    async def _files(self) -> None:
+        """Serve the peer's file fetches and fetch what it offered us."""
+        await self.opened.wait()
+        hello = self.session.peer_hello
+        if hello is None or FILES_FEATURE not in hello.features:
+            await trio.sleep_forever()
+        transfers = self.node.transfers
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(transfers.serve, self)
+            nursery.start_soon(transfers.fetch, self)
 
     async def _send_hello(self) -> None:
         await self.conn.send(self.session.hello_frame())
@@ -908,6 +1246,15 @@ class PeerLink:
             elif isinstance(event, ByeReceived):
                 self.close_reason = f"peer said goodbye: {event.reason}"
                 return
+            elif isinstance(event, FileGetReceived):
+                try:
+                    self._file_get_send.send_nowait(event)
+                except trio.WouldBlock:
+                    raise SessionError("file chunks asked for without waiting") from None
+            elif isinstance(event, FileDataReceived | FileMissingReceived):
+                if not self.fetching:
+                    raise SessionError("file data that was not asked for")
+                await self._file_piece_send.send(event)
             elif isinstance(event, PongReceived):
                 pass
 
@@ -1242,6 +1589,8 @@ class Node:
         self._admission = AdmissionControl(config.limits)
         self._store_lock = trio.Lock()
         self._nursery: trio.Nursery | None = None
+        self.transfers = Transfers(self)
+        self.vanish_wake = trio.Event()
         self.started_at = time.time()
         self.settings = ChatSettings.load(store)
         self._records_held: dict[NodeId, dict[NodeId, int]] = {}  # by recency of use
@@ -1337,6 +1686,8 @@ class Node:
             for host, port in self.config.bootstrap:
                 nursery.start_soon(self._bootstrap, host, port)
             nursery.start_soon(self._housekeeping)
+            nursery.start_soon(self.transfers.run)
+            nursery.start_soon(self._vanish)
             nursery.start_soon(self._dial_loop)
             if self.config.mdns:
                 # In the background: announcing takes a second or two of
@@ -1773,6 +2124,18 @@ class Node:
                 )
             await trio.sleep(HOUSEKEEPING_INTERVAL)
 
+    async def _vanish(self) -> None:
+        """Delete disappearing texts when their time comes, both ways."""
+        while True:
+            self.vanish_wake = trio.Event()
+            now = self.now_ms()
+            for mid in await self.store_call(self.store.vanish_due, now):
+                self.events.publish("vanished", {"id": mid.hex()})
+            due = await self.store_call(self.store.next_vanish_ms)
+            wait = HOUSEKEEPING_INTERVAL if due is None else max(due - now, 1) / 1000
+            with trio.move_on_after(min(wait, HOUSEKEEPING_INTERVAL)):
+                await self.vanish_wake.wait()
+
     def seal_receipts(self, store: Store, ctx: BatchContext) -> None:
         """Inside a batch: one delivery receipt per sender for what it committed,
         and one read receipt per sender for what the user saw."""
@@ -1907,7 +2270,10 @@ class Node:
         if not 0 < ttl <= MAX_TTL_MS:
             raise ValueError(f"ttl must be between 1 ms and {MAX_TTL_MS // 86_400_000} days")
         now = self.now_ms()
-        op = SendTexts(to, list(texts), now, now + ttl)
+        vanish = await self.store_call(self.store.timer, to)
+        # A disappearing text's envelope expires with it: no relay keeps it longer.
+        expires = now + (min(ttl, vanish) if vanish else ttl)
+        op = SendTexts(to, list(texts), now, expires, vanish)
         await self.committer.submit(op)
         await op.done.wait()
         if op.error is not None:
@@ -1917,14 +2283,159 @@ class Node:
         return [outer.message_id for _, outer, _, _ in op.rows]
 
     def inbox_event(self, msg: envelope.Message) -> dict[str, Any]:
-        return {
+        event = {
             "id": msg.message_id.hex(),
             "from": str(msg.sender),
             "to": str(msg.recipient),
             "ts": msg.timestamp_ms / 1000,
             "kind": msg.kind,
-            "text": msg.body if isinstance(msg.body, str) else None,
+            "text": text_of_body(msg.body),
         }
+        group_id, shared = group_fields(msg.kind, msg.body)
+        if group_id is not None and shared is not None:
+            event["group"], event["gm"] = group_id.hex(), shared.hex()
+        if msg.kind == MessageKind.FILE:
+            offer = files.parse_offer(msg.body)
+            event["file"] = {
+                "name": offer.name,
+                "size": offer.size,
+                "blake2b": offer.file_hash.hex(),
+                "state": "fetching",
+                "received": 0,
+            }
+        return event
+
+    async def send_file(self, to: NodeId, path: Path) -> tuple[bytes, files.Offer]:
+        """Offer a file to `to`: small ones travel in the message (relays hold
+        them), larger ones are fetched by the recipient from us directly.
+        Returns the message id once committed; FileError or OSError say why not."""
+        offer, file_hash = await trio.to_thread.run_sync(self.transfers.stage, path)
+        op = SendFile(to, offer, file_hash)
+        await self.committer.submit(op)
+        await op.done.wait()
+        if op.error is not None:
+            raise StoreError(op.error)
+        [(_, outer, _, _)] = op.rows
+        return outer.message_id, offer
+
+    def files_offered(self, senders: set[NodeId]) -> None:
+        """Offers from these peers were committed: fetch them (inline ones need no link)."""
+        self.transfers.inline_wake.set()
+        for sender in senders:
+            link = self.links.get(sender)
+            if link is not None:
+                link.fetch_wake.set()
+
+    async def file_complete(self, sender: NodeId, message_id: bytes) -> None:
+        """A file offered to us is complete and checked: send its delivery receipt."""
+        op = Receipts(sender, [message_id])
+        await self.committer.submit(op)
+        await op.done.wait()
+
+    async def _send_change(self, op: SendChange) -> None:
+        await self.committer.submit(op)
+        await op.done.wait()
+        if op.error is not None:
+            raise StoreError(op.error)
+
+    async def _text(self, message_id: bytes) -> tuple[bool, NodeId, bool]:
+        found = await self.store_call(self.store.text_message, message_id)
+        if found is None or found[2]:
+            raise ValueError("no such message (or it was unsent)")
+        return found  # type: ignore[no-any-return]
+
+    async def react(self, message_id: bytes, emoji: str) -> None:
+        """React to a text of a conversation ("" takes the reaction back)."""
+        _, peer, _ = await self._text(message_id)
+        me = self.identity.node_id
+        if len(emoji) > envelope.MAX_REACTION_LEN or (emoji and not emoji.strip()):
+            raise ValueError(
+                f"a reaction is an emoji of at most {envelope.MAX_REACTION_LEN} characters"
+            )
+
+        def effect(store: Store, ctx: BatchContext) -> None:
+            store.set_reaction(message_id, me, emoji, ctx.now_ms)
+            ctx.events.append(("reaction", {"id": message_id.hex(), "by": str(me), "emoji": emoji}))
+
+        body: dict[wire.Key, wire.Value] = {"ref": message_id, "e": emoji}
+        await self._send_change(SendChange(peer, MessageKind.REACTION, body, effect))
+
+    async def change_own_text(self, message_id: bytes, text: str | None) -> None:
+        """Edit (`text`) or unsend (None) one of our texts, on both sides."""
+        mine, peer, _ = await self._text(message_id)
+        if not mine:
+            raise ValueError("only your own messages can be edited or unsent")
+        if text is not None and not 0 < len(text) <= envelope.MAX_TEXT_LEN:
+            raise ValueError(f"an edit is 1 to {envelope.MAX_TEXT_LEN} characters")
+        me = self.identity.node_id
+
+        def effect(store: Store, ctx: BatchContext) -> None:
+            store.change_text(message_id, mine=True, author=me, text=text, ts_ms=ctx.now_ms)
+            name = "edited" if text is not None else "deleted"
+            event = {"id": message_id.hex(), "by": str(me)} | ({"text": text} if text else {})
+            ctx.events.append((name, event))
+
+        body: dict[wire.Key, wire.Value] = {"ref": message_id}
+        kind = MessageKind.DELETE
+        if text is not None:
+            kind, body["t"] = MessageKind.EDIT, text
+        await self._send_change(SendChange(peer, kind, body, effect))
+
+    async def set_timer(self, peer: NodeId, after_ms: int) -> None:
+        """Set the disappearing-message timer of a conversation, for both sides."""
+        if after_ms and not envelope.MIN_DISAPPEAR_MS <= after_ms <= envelope.MAX_DISAPPEAR_MS:
+            raise ValueError(
+                f"the timer is off (0) or {envelope.MIN_DISAPPEAR_MS // 1000} s to "
+                f"{envelope.MAX_DISAPPEAR_MS // 86_400_000} days"
+            )
+
+        def effect(store: Store, ctx: BatchContext) -> None:
+            store.set_timer(peer, after_ms, ctx.now_ms)
+            ctx.events.append(("timer", {"peer": str(peer), "after": after_ms / 1000}))
+
+        await self._send_change(SendChange(peer, MessageKind.TIMER, {"after": after_ms}, effect))
+
+    async def _group_op(self, op: _G) -> _G:
+        await self.committer.submit(op)
+        await op.done.wait()
+        if op.error is not None:
+            raise StoreError(op.error)
+        if op.invalid is not None:
+            raise ValueError(op.invalid)
+        return op
+
+    async def create_group(self, name: str, members: Iterable[NodeId]) -> groups.GroupState:
+        """A new group with us as its admin; every member is told."""
+        group_id = os.urandom(groups.GROUP_ID_LEN)
+        op = await self._group_op(ChangeGroup(group_id, name=name, add=members, create=True))
+        assert op.state is not None
+        return op.state
+
+    async def change_group(
+        self,
+        group_id: bytes,
+        *,
+        name: str | None = None,
+        add: Iterable[NodeId] = (),
+        remove: Iterable[NodeId] = (),
+        admins: Iterable[NodeId] = (),
+    ) -> groups.GroupState:
+        """Change a group we are an admin of (ValueError says why not)."""
+        change = ChangeGroup(group_id, name=name, add=add, remove=remove, admins=admins)
+        op = await self._group_op(change)
+        assert op.state is not None
+        return op.state
+
+    async def send_group_texts(
+        self, group_id: bytes, texts: list[str]
+    ) -> tuple[list[bytes], dict[NodeId, list[bytes]]]:
+        """Send texts to every other member: returns the shared ids, and
+        each member's envelope ids (their delivery state is per member)."""
+        op = await self._group_op(SendGroupText(group_id, texts))
+        per_member: dict[NodeId, list[bytes]] = {}
+        for _, outer, _, _ in op.rows:
+            per_member.setdefault(outer.recipient, []).append(outer.message_id)
+        return op.shared_ids, per_member
 
     def connected(self) -> set[NodeId]:
         return {peer for peer, link in self.links.items() if link.opened.is_set()}

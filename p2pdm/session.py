@@ -13,6 +13,10 @@ Each transport frame carries one CBOR map with a type code "t":
     RECON  {"t": 8, "q": bool, "m": map}  (relay reconciliation, see reconcile.py)
     NOTICE {"t": 9, "notice": bytes}  (a signed delivery notice, see notice.py)
     EPHEMERAL {"t": 10, "env": envelope bytes}  (never acked, stored or relayed)
+    FGET   {"t": 11, "x": offer id, "i": chunk index}  (ask for a file chunk)
+    FDATA  {"t": 12, "x": offer id, "i": index, "o": offset, "n": sealed length,
+            "d": bytes}  (a piece of a sealed chunk, see p2pdm.files)
+    FNONE  {"t": 13, "x": offer id, "i": index, "r": reason}  (cannot serve it)
 
 Both sides send HELLO first; nothing else is accepted before it. PUSH
 sequence numbers start at 0 and go up by one per push in each direction.
@@ -35,7 +39,7 @@ from collections import Counter
 from dataclasses import dataclass
 from enum import Enum, IntEnum
 
-from p2pdm import wire
+from p2pdm import files, wire
 
 # Pushes a receiver lets a peer have in flight: with range ACKs, 256 keep a
 # loopback link busy through a group commit (64 held throughput to ~60%).
@@ -60,6 +64,9 @@ MAX_PEER_RECORD_SIZE = 1024
 MAX_NOTICE_SIZE = 16 * 1024
 # Ephemeral envelopes carry a few bytes of body (typing): 2 KiB is ample.
 MAX_EPHEMERAL_SIZE = 2048
+# A sealed file chunk, and the piece of one that fits a frame with its fields.
+MAX_SEALED_CHUNK = files.CHUNK_SIZE + files.MAC_LEN
+FILE_PIECE_SIZE = 64_000
 
 
 class FrameType(IntEnum):
@@ -85,10 +92,18 @@ class FrameType(IntEnum):
     """An envelope for the peer itself that is shown if fresh and then forgotten
     (typing): no ACK, never stored, never relayed. Sent only to peers whose
     HELLO lists the EPHEMERAL_FEATURE."""
+    FGET = 11
+    """Ask for one chunk of a file offered to us (p2pdm.files)."""
+    FDATA = 12
+    """A piece of a sealed file chunk, in answer to FGET."""
+    FNONE = 13
+    """The chunk asked for cannot be served; says why."""
 
 
 # The HELLO feature that says a peer reads EPHEMERAL frames.
 EPHEMERAL_FEATURE = "ephemeral"
+# The HELLO feature that says a peer serves and fetches file chunks.
+FILES_FEATURE = "files"
 # The HELLO feature that asks for a full PEERS frame at open (the sender knows
 # few peers); without it a peer sends only records that are news to us.
 PEX_WANT_FEATURE = "pex-want"
@@ -201,8 +216,34 @@ class NoticeReceived:
     """Unverified: the caller checks the signature (p2pdm.notice)."""
 
 
+@dataclass(frozen=True)
+class FileGetReceived:
+    offer_id: bytes
+    index: int
+
+
+@dataclass(frozen=True)
+class FileDataReceived:
+    offer_id: bytes
+    index: int
+    offset: int
+    total: int
+    """Length of the whole sealed chunk; the piece ends it when offset + len = total."""
+    data: bytes
+
+
+@dataclass(frozen=True)
+class FileMissingReceived:
+    offer_id: bytes
+    index: int
+    reason: str
+
+
 Event = (
     HelloReceived
+    | FileGetReceived
+    | FileDataReceived
+    | FileMissingReceived
     | PushReceived
     | AckReceived
     | PingReceived
@@ -356,6 +397,35 @@ class Session:
             raise SessionUsageError(f"an ephemeral envelope is 1 to {MAX_EPHEMERAL_SIZE} bytes")
         return self._encode({"t": FrameType.EPHEMERAL, "env": envelope})
 
+    def file_get_frame(self, offer_id: bytes, index: int) -> bytes:
+        self._require_open()
+        return self._encode({"t": FrameType.FGET, "x": offer_id, "i": index})
+
+    def file_data_frames(self, offer_id: bytes, index: int, sealed: bytes) -> list[bytes]:
+        """A sealed chunk as the FDATA frames that carry it, in order."""
+        self._require_open()
+        if not 0 < len(sealed) <= MAX_SEALED_CHUNK:
+            raise SessionUsageError(f"a sealed chunk is 1 to {MAX_SEALED_CHUNK} bytes")
+        return [
+            self._encode(
+                {
+                    "t": FrameType.FDATA,
+                    "x": offer_id,
+                    "i": index,
+                    "o": offset,
+                    "n": len(sealed),
+                    "d": sealed[offset : offset + FILE_PIECE_SIZE],
+                }
+            )
+            for offset in range(0, len(sealed), FILE_PIECE_SIZE)
+        ]
+
+    def file_none_frame(self, offer_id: bytes, index: int, reason: str) -> bytes:
+        self._require_open()
+        return self._encode(
+            {"t": FrameType.FNONE, "x": offer_id, "i": index, "r": reason[:MAX_REASON_LEN]}
+        )
+
     def bye_frame(self, reason: str) -> bytes:
         """The last frame: say why, then close. Valid in any state."""
         self.state = State.CLOSED
@@ -427,6 +497,8 @@ class Session:
             if not env:
                 raise SessionError("EPHEMERAL.env is empty")
             return EphemeralReceived(env)
+        if kind in (FrameType.FGET, FrameType.FDATA, FrameType.FNONE):
+            return self._got_file_frame(kind, doc)
         if kind == FrameType.HELLO:
             raise SessionError("HELLO sent twice")
         raise SessionError(f"unknown frame type {kind}")
@@ -454,6 +526,30 @@ class Session:
         self.peer_hello = hello
         self.state = State.OPEN
         return HelloReceived(hello)
+
+    def _got_file_frame(
+        self, kind: int, doc: dict[wire.Key, wire.Value]
+    ) -> FileGetReceived | FileDataReceived | FileMissingReceived:
+        what = FrameType(kind).name
+        if kind == FrameType.FGET:
+            fields = wire.as_map(doc, what, required={"t", "x", "i"})
+        elif kind == FrameType.FNONE:
+            fields = wire.as_map(doc, what, required={"t", "x", "i", "r"})
+        else:
+            fields = wire.as_map(doc, what, required={"t", "x", "i", "o", "n", "d"})
+        offer_id = wire.field_bytes(fields, "x", what, size=files.OFFER_ID_LEN)
+        index = wire.field_int(fields, "i", what, lo=0, hi=files.MAX_CHUNKS - 1)
+        if kind == FrameType.FGET:
+            return FileGetReceived(offer_id, index)
+        if kind == FrameType.FNONE:
+            reason = wire.field_text(fields, "r", what, max_len=MAX_REASON_LEN)
+            return FileMissingReceived(offer_id, index, reason)
+        total = wire.field_int(fields, "n", what, lo=1, hi=MAX_SEALED_CHUNK)
+        offset = wire.field_int(fields, "o", what, lo=0, hi=total - 1)
+        data = wire.field_bytes(fields, "d", what, max_size=FILE_PIECE_SIZE)
+        if not data or offset + len(data) > total:
+            raise SessionError("FDATA.d is empty or runs past the chunk")
+        return FileDataReceived(offer_id, index, offset, total, data)
 
     def _got_push(self, doc: dict[wire.Key, wire.Value]) -> PushReceived:
         fields = wire.as_map(doc, "PUSH", required={"t", "n", "env"})

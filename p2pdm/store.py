@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import os
 import re
 import sqlite3
@@ -90,6 +91,12 @@ _WORD = re.compile(r"\w+")
 TEXT_KIND = 1
 # A read receipt's kind: envelope.MessageKind.READ (checked by the same test).
 READ_KIND = 3
+# A group message's kind: envelope.MessageKind.GROUP_TEXT (checked by the same test).
+GROUP_TEXT_KIND = 6
+# Kinds that change another message (envelope.CHANGE_KINDS; a test checks).
+REACTION_KIND, EDIT_KIND, DELETE_KIND = 8, 9, 10
+# Newer group states kept per group until their sender's admin rights show up.
+MAX_PENDING_GROUP_STATES = 16
 # A call from a second thread waits this long for a running batch; longer
 # than any batch takes even on a slow disk, so hitting it means a stuck caller.
 LOCK_WAIT_S = 60.0
@@ -270,6 +277,88 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX outbox_by_recipient_time ON outbox (recipient, kind, created_ms);
     CREATE INDEX inbox_unread ON inbox (sender, kind) WHERE read = 0;
     """,
+    """
+    -- Groups this node is or was in: the latest state taken (p2pdm.groups),
+    -- as its canonical CBOR body; member = 0 once we were removed.
+    CREATE TABLE groups (
+        group_id BLOB PRIMARY KEY CHECK (length(group_id) = 16),
+        version INTEGER NOT NULL,
+        state BLOB NOT NULL,
+        member INTEGER NOT NULL CHECK (member IN (0, 1)),
+        updated_ms INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    -- Newer states from senders not (yet) admins of the one we hold: tried
+    -- again after each change we take. Bounded per group by the store.
+    CREATE TABLE group_pending (
+        id INTEGER PRIMARY KEY,
+        group_id BLOB NOT NULL CHECK (length(group_id) = 16),
+        sender BLOB NOT NULL CHECK (length(sender) = 32),
+        state BLOB NOT NULL,
+        received_ms INTEGER NOT NULL,
+        UNIQUE (group_id, sender, state)
+    );
+    -- Group messages: the group, and on our side the id all members' copies share.
+    ALTER TABLE inbox ADD COLUMN grp BLOB;
+    ALTER TABLE outbox ADD COLUMN grp BLOB;
+    ALTER TABLE outbox ADD COLUMN gm BLOB;
+    CREATE INDEX inbox_by_group ON inbox (grp, received_ms) WHERE grp IS NOT NULL;
+    CREATE INDEX outbox_by_group ON outbox (grp, gm) WHERE grp IS NOT NULL;
+
+    -- Files we offered: what a recipient may fetch, and with which key.
+    -- The bytes are in the home folder, named by file_hash.
+    CREATE TABLE files_out (
+        offer_id BLOB PRIMARY KEY CHECK (length(offer_id) = 16),
+        message_id BLOB NOT NULL,
+        recipient BLOB NOT NULL CHECK (length(recipient) = 32),
+        file_hash BLOB NOT NULL CHECK (length(file_hash) = 32),
+        size INTEGER NOT NULL,
+        key BLOB NOT NULL,
+        served INTEGER NOT NULL DEFAULT 0,
+        expires_ms INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    -- Files offered to us: the offer as received, and how far the fetch is.
+    CREATE TABLE files_in (
+        offer_id BLOB PRIMARY KEY CHECK (length(offer_id) = 16),
+        message_id BLOB NOT NULL UNIQUE,
+        sender BLOB NOT NULL CHECK (length(sender) = 32),
+        offer BLOB NOT NULL,
+        next_chunk INTEGER NOT NULL DEFAULT 0,
+        state TEXT NOT NULL CHECK (state IN ('fetching', 'done', 'failed')),
+        path TEXT,
+        reason TEXT,
+        updated_ms INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX files_in_fetching ON files_in (sender) WHERE state = 'fetching';
+
+    -- Reactions, edits, unsends and disappearing texts. A received change
+    -- (reaction, edit, delete) is an inbox row whose `ref` is its target;
+    -- edits and deletes that arrive before their target are applied when
+    -- it comes. vanish_ms: when a disappearing text is deleted, both ways.
+    ALTER TABLE inbox ADD COLUMN ref BLOB;
+    ALTER TABLE inbox ADD COLUMN edited_ms INTEGER;
+    ALTER TABLE inbox ADD COLUMN deleted INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE inbox ADD COLUMN vanish_ms INTEGER;
+    ALTER TABLE outbox ADD COLUMN edited_ms INTEGER;
+    ALTER TABLE outbox ADD COLUMN deleted INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE outbox ADD COLUMN vanish_ms INTEGER;
+    CREATE INDEX inbox_by_ref ON inbox (ref) WHERE ref IS NOT NULL;
+    CREATE INDEX inbox_vanish ON inbox (vanish_ms) WHERE vanish_ms IS NOT NULL;
+    CREATE INDEX outbox_vanish ON outbox (vanish_ms) WHERE vanish_ms IS NOT NULL;
+    -- Each person's latest reaction to a message (ours too).
+    CREATE TABLE reactions (
+        target BLOB NOT NULL CHECK (length(target) = 32),
+        reactor BLOB NOT NULL CHECK (length(reactor) = 32),
+        emoji TEXT NOT NULL,
+        ts_ms INTEGER NOT NULL,
+        PRIMARY KEY (target, reactor)
+    ) WITHOUT ROWID;
+    -- A conversation's disappearing-message timer (absent: off).
+    CREATE TABLE timers (
+        peer BLOB PRIMARY KEY CHECK (length(peer) = 32),
+        after_ms INTEGER NOT NULL,
+        set_ms INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 _TOTAL = bytes(32)  # relay_usage's key for the total
@@ -398,6 +487,38 @@ class InboxRow:
     kind: int
     body: wire.Value
     read: bool
+    group: bytes | None = None
+    """A group message's group id."""
+
+
+@dataclass(frozen=True)
+class FileOut:
+    """A file we offered."""
+
+    offer_id: bytes
+    message_id: bytes
+    recipient: NodeId
+    file_hash: bytes
+    size: int
+    key: bytes
+    served: int
+    expires_ms: int
+
+
+@dataclass(frozen=True)
+class FileIn:
+    """A file offered to us, and how far its fetch is."""
+
+    offer_id: bytes
+    message_id: bytes
+    sender: NodeId
+    offer: wire.Value
+    """The FILE message body as received (p2pdm.files.parse_offer reads it)."""
+    next_chunk: int
+    state: str
+    """'fetching', 'done' or 'failed'."""
+    path: str | None
+    reason: str | None
 
 
 @dataclass(frozen=True)
@@ -448,6 +569,12 @@ class ChatRow:
     state: OutboxState | None
     """Ours only."""
     relayed_to: int
+    edited_ms: int | None = None
+    """When its sender last edited it (their clock)."""
+    deleted: bool = False
+    """Unsent by its sender: the text is gone."""
+    vanish_ms: int | None = None
+    """A disappearing text: when it will be deleted."""
 
     @property
     def cursor(self) -> str:
@@ -592,7 +719,39 @@ def _text_of(blob: bytes) -> str | None:
         value = wire.decode(blob)
     except wire.WireError:
         return None
-    return value if isinstance(value, str) else None
+    return text_of_body(value)
+
+
+def text_of_body(body: wire.Value) -> str | None:
+    """The text a person wrote, in a text or group message body."""
+    if isinstance(body, str):
+        return body
+    if isinstance(body, dict) and isinstance(body.get("t"), str):
+        return str(body["t"])
+    return None
+
+
+def vanish_after(kind: int, body: wire.Value) -> int | None:
+    """A disappearing text's timer (ms after it is stored), else None."""
+    if kind == TEXT_KIND and isinstance(body, dict) and isinstance(body.get("dis"), int):
+        return int(body["dis"])  # type: ignore[arg-type]
+    return None
+
+
+def _ref_of(kind: int, body: wire.Value) -> bytes | None:
+    if kind in (REACTION_KIND, EDIT_KIND, DELETE_KIND) and isinstance(body, dict):
+        ref = body.get("ref")
+        return ref if isinstance(ref, bytes) else None
+    return None
+
+
+def group_fields(kind: int, body: wire.Value) -> tuple[bytes | None, bytes | None]:
+    """(group id, shared message id) of a group message body, else (None, None)."""
+    if kind == GROUP_TEXT_KIND and isinstance(body, dict):
+        g, gm = body.get("g"), body.get("gm")
+        if isinstance(g, bytes) and isinstance(gm, bytes):
+            return g, gm
+    return None, None
 
 
 def _search_query(text: str) -> str:
@@ -612,6 +771,10 @@ def _decode_body(blob: bytes) -> wire.Value:
         return wire.decode(blob)
     except wire.WireError as exc:
         raise StoreError(f"a stored message body is damaged: {exc}") from None
+
+
+def _plus(now_ms: int, after_ms: int | None) -> int | None:
+    return None if after_ms is None else now_ms + after_ms
 
 
 # --- the store --------------------------------------------------------------
@@ -648,7 +811,7 @@ def _db(method: Callable[Concatenate[Store, _P], _R]) -> Callable[Concatenate[St
 
 
 _INBOX_COLUMNS = (
-    "seq, message_id, sender, recipient, ts_ms, expires_ms, received_ms, kind, body, read"
+    "seq, message_id, sender, recipient, ts_ms, expires_ms, received_ms, kind, body, read, grp"
 )
 _OUTBOX_COLUMNS = (
     "seq, message_id, recipient, envelope, kind, body, created_ms, expires_ms, state,"
@@ -958,6 +1121,401 @@ class Store:
     def _error(self, exc: sqlite3.Error) -> StoreError:
         return StoreError(f"database {self._name}: {exc}")
 
+    # --- groups -------------------------------------------------------------
+
+    @_db
+    def group(self, group_id: bytes) -> tuple[bytes, bool] | None:
+        """A group's latest state (canonical CBOR body) and whether we are in it."""
+        row = (
+            self._c()
+            .execute("SELECT state, member FROM groups WHERE group_id = ?", (group_id,))
+            .fetchone()
+        )
+        return None if row is None else (bytes(row[0]), bool(row[1]))
+
+    @_db
+    def groups(self) -> list[tuple[bytes, bytes, bool]]:
+        """Every group known: (id, state, member), most recently changed first."""
+        rows = self._c().execute(
+            "SELECT group_id, state, member FROM groups ORDER BY updated_ms DESC, group_id"
+        )
+        return [(bytes(r[0]), bytes(r[1]), bool(r[2])) for r in rows]
+
+    @_db
+    def save_group(
+        self, group_id: bytes, version: int, state: bytes, member: bool, now_ms: int
+    ) -> None:
+        """Keep a group's new state (the caller checked it is newer and allowed)."""
+        if len(group_id) != 16:
+            raise StoreError("a group id is 16 bytes")
+        _check_ms(now_ms, "now_ms")
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO groups (group_id, version, state, member, updated_ms)"
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (group_id) DO UPDATE SET"
+                " version = excluded.version, state = excluded.state,"
+                " member = excluded.member, updated_ms = excluded.updated_ms",
+                (group_id, version, state, int(member), now_ms),
+            )
+
+    @_db
+    def keep_pending_group_state(
+        self, group_id: bytes, sender: NodeId, state: bytes, now_ms: int
+    ) -> None:
+        """Keep a newer state whose sender is not an admin yet; the oldest go
+        past MAX_PENDING_GROUP_STATES a group."""
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO group_pending (group_id, sender, state, received_ms)"
+                " VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                (group_id, _check_node(sender), state, _check_ms(now_ms, "now_ms")),
+            )
+            conn.execute(
+                "DELETE FROM group_pending WHERE group_id = ? AND id NOT IN"
+                " (SELECT id FROM group_pending WHERE group_id = ? ORDER BY id DESC LIMIT ?)",
+                (group_id, group_id, MAX_PENDING_GROUP_STATES),
+            )
+
+    @_db
+    def take_pending_group_states(self, group_id: bytes) -> list[tuple[NodeId, bytes]]:
+        """Remove and return a group's pending states, oldest first."""
+        with self._write() as conn:
+            rows = conn.execute(
+                "DELETE FROM group_pending WHERE group_id = ? RETURNING id, sender, state",
+                (group_id,),
+            ).fetchall()
+        return [(NodeId(r[1]), bytes(r[2])) for r in sorted(rows)]
+
+    @_db
+    def group_messages(self, group_id: bytes, limit: int = 100) -> list[dict[str, Any]]:
+        """A group's latest messages both ways, oldest first: ours once per
+        shared id with each member's copy's state, theirs as received."""
+        limit = self._check_limit(limit)
+        conn = self._c()
+        theirs = conn.execute(
+            "SELECT message_id, sender, ts_ms, received_ms, body, read FROM inbox"
+            f" WHERE grp = ? AND kind = {GROUP_TEXT_KIND} ORDER BY received_ms DESC LIMIT ?",
+            (group_id, limit),
+        ).fetchall()
+        ours = conn.execute(
+            "SELECT gm, min(created_ms), body, json_group_array(json_array(hex(recipient),"
+            " hex(message_id), state, relayed_to)) FROM outbox"
+            f" WHERE grp = ? AND kind = {GROUP_TEXT_KIND} GROUP BY gm"
+            " ORDER BY min(created_ms) DESC LIMIT ?",
+            (group_id, limit),
+        ).fetchall()
+        out: list[dict[str, Any]] = []
+        for mid, sender, ts, received, body, read in theirs:
+            out.append(
+                {
+                    "mine": False,
+                    "id": bytes(mid),
+                    "from": NodeId(sender),
+                    "ts_ms": ts,
+                    "ms": received,
+                    "body": _decode_body(body),
+                    "read": bool(read),
+                }
+            )
+        for gm, created, body, copies in ours:
+            out.append(
+                {
+                    "mine": True,
+                    "gm": bytes(gm),
+                    "ms": created,
+                    "ts_ms": created,
+                    "body": _decode_body(body),
+                    "copies": [
+                        (NodeId(bytes.fromhex(r)), bytes.fromhex(m), OutboxState(st), n)
+                        for r, m, st, n in json.loads(copies)
+                    ],
+                }
+            )
+        out.sort(key=lambda m: m["ms"])
+        return out[-limit:]
+
+    # --- files --------------------------------------------------------------
+
+    @_db
+    def add_file_out(
+        self,
+        offer_id: bytes,
+        message_id: bytes,
+        recipient: NodeId,
+        file_hash: bytes,
+        size: int,
+        key: bytes,
+        expires_ms: int,
+    ) -> None:
+        """Remember a file we offered, so its recipient (only) may fetch it."""
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO files_out (offer_id, message_id, recipient, file_hash, size, key,"
+                " expires_ms) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (offer_id, message_id, _check_node(recipient), file_hash, size, key, expires_ms),
+            )
+
+    @_db
+    def file_out(self, offer_id: bytes) -> FileOut | None:
+        row = (
+            self._c()
+            .execute(
+                "SELECT offer_id, message_id, recipient, file_hash, size, key, served, expires_ms"
+                " FROM files_out WHERE offer_id = ?",
+                (offer_id,),
+            )
+            .fetchone()
+        )
+        if row is None:
+            return None
+        return FileOut(row[0], row[1], NodeId(row[2]), row[3], row[4], row[5], row[6], row[7])
+
+    @_db
+    def note_file_served(self, offer_id: bytes, served: int) -> None:
+        """How many bytes of an offered file the recipient has fetched so far."""
+        with self._write() as conn:
+            conn.execute(
+                "UPDATE files_out SET served = max(served, ?) WHERE offer_id = ?",
+                (served, offer_id),
+            )
+
+    @_db
+    def add_file_in(
+        self, offer_id: bytes, message_id: bytes, sender: NodeId, offer: bytes, now_ms: int
+    ) -> bool:
+        """A file offered to us, to fetch; False if that offer id is known."""
+        with self._write() as conn:
+            cur = conn.execute(
+                "INSERT INTO files_in (offer_id, message_id, sender, offer, state, updated_ms)"
+                " VALUES (?, ?, ?, ?, 'fetching', ?) ON CONFLICT DO NOTHING",
+                (offer_id, _check_id(message_id), _check_node(sender), offer, now_ms),
+            )
+            return cur.rowcount == 1
+
+    @_db
+    def files_in(
+        self, *, sender: NodeId | None = None, message_ids: Sequence[bytes] = ()
+    ) -> list[FileIn]:
+        """Files offered to us: those offered in the messages `message_ids`,
+        else those still fetching (from `sender`, if given)."""
+        sql = (
+            "SELECT offer_id, message_id, sender, offer, next_chunk, state, path, reason"
+            " FROM files_in"
+        )
+        conn = self._c()
+        if message_ids:
+            rows = []
+            for chunk, marks in _id_chunks(list(message_ids)):
+                rows += conn.execute(sql + f" WHERE message_id IN ({marks})", chunk).fetchall()
+        elif sender is not None:
+            rows = conn.execute(
+                sql + " WHERE sender = ? AND state = 'fetching' ORDER BY updated_ms",
+                (_check_node(sender),),
+            ).fetchall()
+        else:
+            rows = conn.execute(sql + " WHERE state = 'fetching' ORDER BY updated_ms").fetchall()
+        return [
+            FileIn(r[0], r[1], NodeId(r[2]), _decode_body(r[3]), r[4], r[5], r[6], r[7])
+            for r in rows
+        ]
+
+    @_db
+    def file_progress(
+        self,
+        offer_id: bytes,
+        now_ms: int,
+        *,
+        next_chunk: int | None = None,
+        done_path: str | None = None,
+        failed: str | None = None,
+    ) -> None:
+        """A fetch moved on: chunks before `next_chunk` are on disk, or it is
+        done (the file is at `done_path`), or it failed for good."""
+        with self._write() as conn:
+            if done_path is not None:
+                conn.execute(
+                    "UPDATE files_in SET state = 'done', path = ?, updated_ms = ?"
+                    " WHERE offer_id = ?",
+                    (done_path, now_ms, offer_id),
+                )
+            elif failed is not None:
+                conn.execute(
+                    "UPDATE files_in SET state = 'failed', reason = ?, updated_ms = ?"
+                    " WHERE offer_id = ?",
+                    (failed, now_ms, offer_id),
+                )
+            else:
+                conn.execute(
+                    "UPDATE files_in SET next_chunk = ?, updated_ms = ? WHERE offer_id = ?",
+                    (next_chunk, now_ms, offer_id),
+                )
+
+    # --- reactions, edits, unsends, disappearing texts -------------------------
+
+    @_db
+    def text_message(self, message_id: bytes) -> tuple[bool, NodeId, bool] | None:
+        """A text message by id, either way: (mine, the other person, deleted)."""
+        conn = self._c()
+        row = conn.execute(
+            f"SELECT recipient, deleted FROM outbox WHERE message_id = ? AND kind = {TEXT_KIND}",
+            (_check_id(message_id),),
+        ).fetchone()
+        if row is not None:
+            return True, NodeId(row[0]), bool(row[1])
+        row = conn.execute(
+            f"SELECT sender, deleted FROM inbox WHERE message_id = ? AND kind = {TEXT_KIND}",
+            (message_id,),
+        ).fetchone()
+        return None if row is None else (False, NodeId(row[0]), bool(row[1]))
+
+    @_db
+    def change_text(
+        self, message_id: bytes, *, mine: bool, author: NodeId, text: str | None, ts_ms: int
+    ) -> bool:
+        """Edit (`text`) or unsend (`text` None) a text by `author`, ours
+        (`mine`) or received; False if there is no such live text by them.
+        An edit older than the last one applied changes nothing."""
+        table, who = ("outbox", "recipient") if mine else ("inbox", "sender")
+        with self._write() as conn:
+            where = f"message_id = ? AND kind = {TEXT_KIND} AND deleted = 0"
+            args: list[object] = [_check_id(message_id)]
+            if not mine:
+                where += " AND sender = ?"
+                args.append(_check_node(author))
+            row = conn.execute(
+                f"SELECT body, edited_ms, {who} FROM {table} WHERE {where}", args
+            ).fetchone()
+            if row is None or (text is not None and row[1] is not None and row[1] >= ts_ms):
+                return False
+            conn.execute("DELETE FROM search WHERE message_id = ?", (message_id,))
+            if text is None:
+                conn.execute(
+                    f"UPDATE {table} SET body = ?, deleted = 1 WHERE message_id = ?",
+                    (wire.encode(""), message_id),
+                )
+                conn.execute("DELETE FROM reactions WHERE target = ?", (message_id,))
+                return True
+            old = _decode_body(row[0])
+            body: wire.Value = {**old, "t": text} if isinstance(old, dict) else text
+            conn.execute(
+                f"UPDATE {table} SET body = ?, edited_ms = ? WHERE message_id = ?",
+                (wire.encode(body), ts_ms, message_id),
+            )
+            conn.execute(
+                "INSERT INTO search (text, peer, mine, message_id) VALUES (?, ?, ?, ?)",
+                (text, row[2], int(mine), message_id),
+            )
+            return True
+
+    @_db
+    def early_changes(self, message_id: bytes, sender: NodeId) -> list[tuple[int, wire.Value, int]]:
+        """Edits and unsends from `sender` that arrived before their target:
+        (kind, body, ts) oldest first."""
+        rows = self._c().execute(
+            f"SELECT kind, body, ts_ms FROM inbox WHERE ref = ? AND sender = ?"
+            f" AND kind IN ({EDIT_KIND}, {DELETE_KIND}) ORDER BY ts_ms, seq",
+            (_check_id(message_id), _check_node(sender)),
+        )
+        return [(r[0], _decode_body(r[1]), r[2]) for r in rows]
+
+    @_db
+    def set_reaction(self, target: bytes, reactor: NodeId, emoji: str, ts_ms: int) -> bool:
+        """Keep `reactor`'s latest reaction to `target` ("" takes it back);
+        False if a later one is already held."""
+        with self._write() as conn:
+            row = conn.execute(
+                "SELECT ts_ms FROM reactions WHERE target = ? AND reactor = ?",
+                (_check_id(target), _check_node(reactor)),
+            ).fetchone()
+            if row is not None and row[0] > ts_ms:
+                return False
+            if emoji:
+                conn.execute(
+                    "INSERT INTO reactions (target, reactor, emoji, ts_ms) VALUES (?, ?, ?, ?)"
+                    " ON CONFLICT (target, reactor) DO UPDATE SET emoji = excluded.emoji,"
+                    " ts_ms = excluded.ts_ms",
+                    (target, reactor.public_key, emoji, ts_ms),
+                )
+            else:
+                conn.execute(
+                    "DELETE FROM reactions WHERE target = ? AND reactor = ?",
+                    (target, reactor.public_key),
+                )
+            return True
+
+    @_db
+    def reactions(self, targets: Sequence[bytes]) -> dict[bytes, list[tuple[NodeId, str]]]:
+        """Who reacted how to each of `targets`."""
+        out: dict[bytes, list[tuple[NodeId, str]]] = {}
+        for chunk, marks in _id_chunks(list(targets)):
+            rows = self._c().execute(
+                f"SELECT target, reactor, emoji FROM reactions WHERE target IN ({marks})"
+                " ORDER BY ts_ms",
+                chunk,
+            )
+            for target, reactor, emoji in rows:
+                out.setdefault(bytes(target), []).append((NodeId(reactor), emoji))
+        return out
+
+    @_db
+    def timer(self, peer: NodeId) -> int:
+        """A conversation's disappearing-message timer in ms; 0 is off."""
+        row = (
+            self._c()
+            .execute("SELECT after_ms FROM timers WHERE peer = ?", (_check_node(peer),))
+            .fetchone()
+        )
+        return 0 if row is None else int(row[0])
+
+    @_db
+    def set_timer(self, peer: NodeId, after_ms: int, ts_ms: int) -> bool:
+        """Set a conversation's timer (0: off), unless a later setting is held."""
+        with self._write() as conn:
+            row = conn.execute(
+                "SELECT set_ms FROM timers WHERE peer = ?", (_check_node(peer),)
+            ).fetchone()
+            if row is not None and row[0] > ts_ms:
+                return False
+            conn.execute(
+                "INSERT INTO timers (peer, after_ms, set_ms) VALUES (?, ?, ?)"
+                " ON CONFLICT (peer) DO UPDATE SET after_ms = excluded.after_ms,"
+                " set_ms = excluded.set_ms",
+                (peer.public_key, after_ms, ts_ms),
+            )
+            return True
+
+    @_db
+    def next_vanish_ms(self) -> int | None:
+        """When the next disappearing text is due, if any."""
+        row = (
+            self._c()
+            .execute(
+                "SELECT min(t) FROM (SELECT min(vanish_ms) AS t FROM inbox"
+                " UNION ALL SELECT min(vanish_ms) FROM outbox)"
+            )
+            .fetchone()
+        )
+        return None if row is None or row[0] is None else int(row[0])
+
+    @_db
+    def vanish_due(self, now_ms: int) -> list[bytes]:
+        """Delete disappearing texts (and what refers to them) whose time has
+        come, both ways; returns their ids. An outbox row goes too: its
+        envelope expired no later than it (see Node.send_texts)."""
+        with self._write() as conn:
+            ids = [
+                bytes(r[0])
+                for table in ("inbox", "outbox")
+                for r in conn.execute(
+                    f"DELETE FROM {table} WHERE vanish_ms <= ? RETURNING message_id", (now_ms,)
+                ).fetchall()
+            ]
+            for chunk, marks in _id_chunks(ids):
+                conn.execute(f"DELETE FROM search WHERE message_id IN ({marks})", chunk)
+                conn.execute(f"DELETE FROM reactions WHERE target IN ({marks})", chunk)
+                conn.execute(f"DELETE FROM inbox WHERE ref IN ({marks})", chunk)
+        return ids
+
     # --- seen ids and inbox ----------------------------------------------
 
     def accept_incoming(
@@ -1023,15 +1581,20 @@ class Store:
                         msg.kind,
                         wire.encode(msg.body),
                         bytes(data),
+                        group_fields(msg.kind, msg.body)[0],
+                        _ref_of(msg.kind, msg.body),
+                        _plus(now_ms, vanish_after(msg.kind, msg.body)),
                     )
                 )
-                if msg.kind == TEXT_KIND and isinstance(msg.body, str):
-                    search_rows.append((msg.body, sender, message_id))
+                text = text_of_body(msg.body)
+                if msg.kind in (TEXT_KIND, GROUP_TEXT_KIND) and text is not None:
+                    search_rows.append((text, sender, message_id))
                 results[i] = AcceptResult.STORED
             conn.executemany("INSERT INTO seen (message_id, expires_ms) VALUES (?, ?)", seen_rows)
             conn.executemany(
                 "INSERT INTO inbox (message_id, sender, recipient, ts_ms, expires_ms,"
-                " received_ms, kind, body, envelope) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " received_ms, kind, body, envelope, grp, ref, vanish_ms)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 inbox_rows,
             )
             conn.executemany(
@@ -1107,6 +1670,7 @@ class Store:
                 kind=r[7],
                 body=_decode_body(r[8]),
                 read=bool(r[9]),
+                group=r[10],
             )
             for r in rows
         ]
@@ -1216,6 +1780,8 @@ class Store:
                     now_ms,
                     item.expires_ms,
                     OutboxState.QUEUED.value,
+                    *group_fields(item.kind, item.body),
+                    _plus(now_ms, vanish_after(item.kind, item.body)),
                 )
             )
         ids = [row[0] for row in rows]
@@ -1228,15 +1794,15 @@ class Store:
             fresh = [row for row, is_new in zip(rows, new, strict=True) if is_new]
             conn.executemany(
                 "INSERT INTO outbox (message_id, recipient, envelope, kind, body, created_ms,"
-                " expires_ms, state) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                " expires_ms, state, grp, gm, vanish_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 fresh,
             )
             conn.executemany(
                 "INSERT INTO search (text, peer, mine, message_id) VALUES (?, ?, 1, ?)",
                 [
-                    (item.body, item.recipient.public_key, item.message_id)
+                    (text_of_body(item.body), item.recipient.public_key, item.message_id)
                     for item, is_new in zip(items, new, strict=True)
-                    if is_new and item.kind == TEXT_KIND and isinstance(item.body, str)
+                    if is_new and item.kind == TEXT_KIND and text_of_body(item.body) is not None
                 ],
             )
         return new
@@ -1722,10 +2288,11 @@ class Store:
             .execute(
                 "SELECT * FROM ("
                 " SELECT received_ms AS ms, 0 AS mine, seq, message_id, ts_ms, body, read,"
-                "  NULL AS state, 0 AS relayed_to FROM inbox"
+                "  NULL AS state, 0 AS relayed_to, edited_ms, deleted, vanish_ms FROM inbox"
                 f"  WHERE sender = ? AND kind = {TEXT_KIND} AND (received_ms, 0, seq) < (?, ?, ?)"
                 " UNION ALL"
-                " SELECT created_ms, 1, seq, message_id, created_ms, body, 1, state, relayed_to"
+                " SELECT created_ms, 1, seq, message_id, created_ms, body, 1, state, relayed_to,"
+                "  edited_ms, deleted, vanish_ms"
                 f"  FROM outbox WHERE recipient = ? AND kind = {TEXT_KIND}"
                 "  AND (created_ms, 1, seq) < (?, ?, ?)"
                 ") ORDER BY ms DESC, mine DESC, seq DESC LIMIT ?",
@@ -1745,6 +2312,9 @@ class Store:
                 read=bool(r[6]),
                 state=None if r[7] is None else OutboxState(r[7]),
                 relayed_to=r[8],
+                edited_ms=r[9],
+                deleted=bool(r[10]),
+                vanish_ms=r[11],
             )
             for r in rows
         ]

@@ -36,6 +36,12 @@ def receive(s: Store, sender: Identity, text: str, at: int, **kw: bool) -> bytes
 def test_text_kind_matches_envelope() -> None:
     assert store.TEXT_KIND == MessageKind.TEXT
     assert store.READ_KIND == MessageKind.READ
+    assert store.GROUP_TEXT_KIND == MessageKind.GROUP_TEXT
+    assert (store.REACTION_KIND, store.EDIT_KIND, store.DELETE_KIND) == (
+        MessageKind.REACTION,
+        MessageKind.EDIT,
+        MessageKind.DELETE,
+    )
 
 
 def test_conversations_list_contacts_and_correspondents_latest_first(db: Store) -> None:
@@ -199,6 +205,21 @@ def test_receipts_are_not_listed_as_a_conversation_nor_marked_read(db: Store) ->
     assert db.mark_read_by_sender(peer=BOB.node_id) == {BOB.node_id: [text]}
 
 
+UNDO_SCHEMA_5 = (
+    " DROP TABLE groups; DROP TABLE group_pending;"
+    " DROP INDEX inbox_by_group; DROP INDEX outbox_by_group;"
+    " ALTER TABLE inbox DROP COLUMN grp; ALTER TABLE outbox DROP COLUMN grp;"
+    " ALTER TABLE outbox DROP COLUMN gm;"
+    " DROP TABLE files_out; DROP TABLE files_in;"
+    " DROP TABLE reactions; DROP TABLE timers;"
+    " DROP INDEX inbox_by_ref; DROP INDEX inbox_vanish; DROP INDEX outbox_vanish;"
+    " ALTER TABLE inbox DROP COLUMN ref; ALTER TABLE inbox DROP COLUMN edited_ms;"
+    " ALTER TABLE inbox DROP COLUMN deleted; ALTER TABLE inbox DROP COLUMN vanish_ms;"
+    " ALTER TABLE outbox DROP COLUMN edited_ms; ALTER TABLE outbox DROP COLUMN deleted;"
+    " ALTER TABLE outbox DROP COLUMN vanish_ms;"
+)
+
+
 def test_upgrading_a_store_indexes_the_messages_it_already_holds(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
     with Store.open(path) as s:
@@ -209,6 +230,8 @@ def test_upgrading_a_store_indexes_the_messages_it_already_holds(tmp_path: Path)
     conn.executescript(
         "DROP TABLE search; DROP INDEX inbox_by_sender_time; DROP INDEX outbox_by_recipient_time;"
         " DROP INDEX inbox_unread;"
+        # and what schema 5 added (groups, attachments)
+        f"{UNDO_SCHEMA_5}"
         " PRAGMA user_version = 3;"  # schema 3: the one before search
     )
     conn.close()

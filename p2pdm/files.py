@@ -1,0 +1,179 @@
+"""Attachments: the file offer, its chunks, and their encryption (no I/O of peers).
+
+A file is cut into CHUNK_SIZE chunks, each named by its BLAKE2b-256; the
+whole file by its own BLAKE2b-256. The sender seals a FILE message
+(envelope.MessageKind.FILE) to the recipient:
+
+    {"x": offer id (16), "name": text, "size": int, "h": file hash (32),
+     "ch": [chunk hash, ...], "k": chunk key (32)}        (fetched)
+    {"x": offer id, "name": text, "size": int, "h": file hash, "d": bytes}
+                                                        (inline, small files)
+
+An inline file travels inside the envelope, so relays hold it like any other
+mail. A fetched file's chunks are asked for by the recipient over a direct
+connection (session frames FGET / FDATA, p2pdm.session), each chunk sealed
+with XSalsa20-Poly1305 (libsodium's secretbox) under the offer's key, with
+the chunk index as nonce: a key serves one offer, so a nonce never repeats
+under it. The recipient checks each chunk's hash before writing it and the
+whole file's before showing it; a chunk that fails is asked for again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import unicodedata
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import nacl.exceptions
+import nacl.secret
+
+from p2pdm import wire
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+CHUNK_SIZE = 256 * 1024
+MAX_FILE_SIZE = 100 * 1024 * 1024
+MAX_CHUNKS = -(-MAX_FILE_SIZE // CHUNK_SIZE)
+HASH_LEN = 32
+OFFER_ID_LEN = 16
+KEY_LEN = nacl.secret.SecretBox.KEY_SIZE
+MAC_LEN = nacl.secret.SecretBox.MACBYTES
+MAX_NAME_LEN = 255
+# Inline files ride in one envelope (whose limit is ~59 KiB with the rest of
+# the message); relays hold them like any message.
+MAX_INLINE_SIZE = 48 * 1024
+_PERSON = b"p2pdm-file"
+
+
+class FileError(ValueError):
+    """A file that cannot be sent or an offer that is not valid; says why."""
+
+
+def blake2b(data: bytes) -> bytes:
+    return hashlib.blake2b(data, digest_size=HASH_LEN, person=_PERSON).digest()
+
+
+def hasher() -> hashlib.blake2b:
+    return hashlib.blake2b(digest_size=HASH_LEN, person=_PERSON)
+
+
+@dataclass(frozen=True)
+class Offer:
+    offer_id: bytes
+    name: str
+    size: int
+    file_hash: bytes
+    chunk_hashes: tuple[bytes, ...] = ()
+    key: bytes = b""
+    inline: bytes | None = None
+
+    @property
+    def chunks(self) -> int:
+        return len(self.chunk_hashes)
+
+    def chunk_len(self, index: int) -> int:
+        return min(CHUNK_SIZE, self.size - index * CHUNK_SIZE)
+
+    def body(self) -> dict[wire.Key, wire.Value]:
+        body: dict[wire.Key, wire.Value] = {
+            "x": self.offer_id,
+            "name": self.name,
+            "size": self.size,
+            "h": self.file_hash,
+        }
+        if self.inline is not None:
+            body["d"] = self.inline
+        else:
+            body["ch"] = list(self.chunk_hashes)
+            body["k"] = self.key
+        return body
+
+
+def parse_offer(body: wire.Value) -> Offer:
+    """A FILE message body; raises wire.WireError."""
+    fields = wire.as_map(
+        body, "file", required={"x", "name", "size", "h"}, optional={"ch", "k", "d"}
+    )
+    offer_id = wire.field_bytes(fields, "x", "file", size=OFFER_ID_LEN)
+    name = wire.field_text(fields, "name", "file", max_len=MAX_NAME_LEN)
+    if safe_name(name) != name:
+        raise wire.WireError("file.name must be a plain file name")
+    size = wire.field_int(fields, "size", "file", lo=0, hi=MAX_FILE_SIZE)
+    file_hash = wire.field_bytes(fields, "h", "file", size=HASH_LEN)
+    if "d" in fields:
+        if "ch" in fields or "k" in fields:
+            raise wire.WireError("an inline file has no chunks or key")
+        data = wire.field_bytes(fields, "d", "file", max_size=MAX_INLINE_SIZE)
+        if len(data) != size or blake2b(data) != file_hash:
+            raise wire.WireError("inline file data does not match its size and hash")
+        return Offer(offer_id, name, size, file_hash, inline=data)
+    if "ch" not in fields or "k" not in fields:
+        raise wire.WireError("a fetched file lists its chunk hashes and key")
+    key = wire.field_bytes(fields, "k", "file", size=KEY_LEN)
+    chunk_list = fields["ch"]
+    expected = -(-size // CHUNK_SIZE)
+    if not isinstance(chunk_list, list) or len(chunk_list) != expected:
+        raise wire.WireError(f"file.ch must list {expected} chunk hashes for {size} bytes")
+    if not all(isinstance(h, bytes) and len(h) == HASH_LEN for h in chunk_list):
+        raise wire.WireError(f"file.ch holds {HASH_LEN}-byte hashes")
+    hashes = tuple(h for h in chunk_list if isinstance(h, bytes))
+    return Offer(offer_id, name, size, file_hash, hashes, key)
+
+
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f/\\:]")
+
+
+def safe_name(name: str) -> str:
+    """A name that is one plain file name anywhere: no folders, no controls,
+    not hidden, not empty. Offers must carry names already like this."""
+    name = unicodedata.normalize("NFC", name)
+    name = _UNSAFE.sub("_", name).strip().lstrip(".")
+    return name[:MAX_NAME_LEN] or "file"
+
+
+def describe(path: Path) -> tuple[int, bytes, tuple[bytes, ...]]:
+    """Size, hash and chunk hashes of a file, reading it once."""
+    size = path.stat().st_size
+    if size > MAX_FILE_SIZE:
+        raise FileError(f"{path.name} is {size:,} bytes; the limit is {MAX_FILE_SIZE:,}")
+    whole, chunks = hasher(), []
+    with path.open("rb") as f:
+        while block := f.read(CHUNK_SIZE):
+            whole.update(block)
+            chunks.append(blake2b(block))
+    return size, whole.digest(), tuple(chunks)
+
+
+def new_offer(
+    name: str, size: int, file_hash: bytes, chunks: tuple[bytes, ...], data: bytes | None
+) -> Offer:
+    """An offer with fresh ids: inline when `data` (the whole file) is given."""
+    if data is not None:
+        return Offer(os.urandom(OFFER_ID_LEN), safe_name(name), size, file_hash, inline=data)
+    return Offer(
+        os.urandom(OFFER_ID_LEN), safe_name(name), size, file_hash, chunks, os.urandom(KEY_LEN)
+    )
+
+
+def _nonce(index: int) -> bytes:
+    return index.to_bytes(nacl.secret.SecretBox.NONCE_SIZE, "big")
+
+
+def seal_chunk(key: bytes, index: int, plain: bytes) -> bytes:
+    """A chunk as it travels: secretbox under the offer key, index as nonce."""
+    return nacl.secret.SecretBox(key).encrypt(plain, _nonce(index)).ciphertext
+
+
+def open_chunk(offer: Offer, index: int, sealed: bytes) -> bytes:
+    """The chunk's bytes if they decrypt and hash to what the offer says."""
+    try:
+        plain = nacl.secret.SecretBox(offer.key).decrypt(sealed, _nonce(index))
+    except nacl.exceptions.CryptoError:
+        raise FileError(f"chunk {index} does not decrypt under the offer's key") from None
+    if len(plain) != offer.chunk_len(index) or blake2b(plain) != offer.chunk_hashes[index]:
+        raise FileError(f"chunk {index} does not match its hash")
+    return plain

@@ -1,0 +1,379 @@
+"""File transfers: staging files to send, serving offered chunks, fetching offered files.
+
+Files live in the node's home folder, under files/:
+- files/.sent/<hash>: our copy of every file we offered (named by its
+  BLAKE2b, so the same file sent twice is kept once); the user's original
+  may change or go away;
+- files/.partial/<offer id>.part: a fetch in progress; the store records
+  how many chunks from the start are written and synced, and a fetch that
+  was cut off resumes from there;
+- files/<name>: a received file, once its every chunk and its whole hash
+  were checked.
+
+Each link to a peer whose HELLO lists FILES_FEATURE runs a server (answers
+the peer's FGETs for offers made to it, one chunk at a time, so a peer's
+requests cost one chunk of memory) and a fetcher (asks for the chunks of
+offers from that peer, FETCH_WINDOW ahead, checking each). See
+docs/PROTOCOL.md, "Files".
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from collections import Counter
+from typing import TYPE_CHECKING, BinaryIO
+
+import trio
+
+from p2pdm import files
+from p2pdm.files import CHUNK_SIZE, FileError, Offer
+from p2pdm.session import FileDataReceived, FileMissingReceived, SessionError
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from p2pdm.node import Node, PeerLink
+    from p2pdm.store import FileIn
+
+log = logging.getLogger(__name__)
+
+# Chunks asked for before the first is in: keeps a loopback link busy while
+# the receiver holds at most this many chunks in memory.
+FETCH_WINDOW = 4
+# FGETs a peer may have waiting at our server; more is a peer not waiting
+# for answers (its fetcher never asks more than FETCH_WINDOW ahead).
+MAX_FILE_REQUESTS = 4 * FETCH_WINDOW
+# Chunk pieces the link's reader buffers for the fetcher: two chunks' worth.
+FILE_PIECES_BUFFERED = 12
+# A chunk that fails its check this many times from one peer ends the link.
+MAX_CHUNK_FAILURES = 3
+# Progress is synced to disk and the store every this many chunks (4 MiB).
+SYNC_EVERY = 16
+
+
+class FetchStopped(Exception):
+    """The sender cannot serve this file (gone, or not offered to us)."""
+
+
+class SenderLied(SessionError):
+    """The sender kept sending a chunk that fails its check: the fetch fails
+    for good (no endless refetching from a hostile peer) and the link ends."""
+
+
+def _sync_file(f: BinaryIO) -> None:
+    f.flush()
+    os.fsync(f.fileno())
+
+
+class Transfers:
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.root = node.config.home / "files"
+        self.sent_dir = self.root / ".sent"
+        self.partial_dir = self.root / ".partial"
+        self.inline_wake = trio.Event()
+
+    # --- sending ----------------------------------------------------------------
+
+    def stage(self, source: Path) -> tuple[Offer, bytes | None]:
+        """Read a file the user sends (in a worker thread): a small one is
+        taken whole (inline), a larger one copied under files/.sent while
+        hashed, so what is offered is what was hashed. Returns the offer
+        and, for an inline one, None; else the copy's hash."""
+        if not source.is_file():
+            raise FileError(f"{source} is not a readable file")
+        size = source.stat().st_size
+        if size > files.MAX_FILE_SIZE:
+            raise FileError(
+                f"{source.name} is {size:,} bytes; the limit is {files.MAX_FILE_SIZE:,}"
+            )
+        if size <= files.MAX_INLINE_SIZE:
+            data = source.read_bytes()
+            if len(data) > files.MAX_INLINE_SIZE:
+                raise FileError(f"{source.name} grew while it was read; try again")
+            offer = files.new_offer(source.name, len(data), files.blake2b(data), (), data)
+            return offer, None
+        self.sent_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp = self.sent_dir / f".tmp-{os.urandom(8).hex()}"
+        whole, chunks, total = files.hasher(), [], 0
+        try:
+            with source.open("rb") as src, tmp.open("wb") as dst:
+                while block := src.read(CHUNK_SIZE):
+                    total += len(block)
+                    if total > files.MAX_FILE_SIZE:
+                        raise FileError(f"{source.name} grew past {files.MAX_FILE_SIZE:,} bytes")
+                    whole.update(block)
+                    chunks.append(files.blake2b(block))
+                    dst.write(block)
+                dst.flush()
+                _sync_file(dst)
+            file_hash = whole.digest()
+            os.replace(tmp, self.sent_dir / file_hash.hex())
+        finally:
+            tmp.unlink(missing_ok=True)
+        return files.new_offer(source.name, total, file_hash, tuple(chunks), None), file_hash
+
+    # --- serving ----------------------------------------------------------------
+
+    def _read_sealed(self, file_hash: bytes, key: bytes, index: int) -> bytes:
+        with (self.sent_dir / file_hash.hex()).open("rb") as f:
+            f.seek(index * CHUNK_SIZE)
+            plain = f.read(CHUNK_SIZE)
+        return self.seal_chunk(key, index, plain)
+
+    def seal_chunk(self, key: bytes, index: int, plain: bytes) -> bytes:
+        """How a served chunk is sealed (a test replaces it to play a malicious sender)."""
+        return files.seal_chunk(key, index, plain)
+
+    async def serve(self, link: PeerLink) -> None:
+        """Answer the peer's FGETs, in order, for offers made to that peer."""
+        node = self.node
+        async for get in link.file_requests:
+            out = await node.store_call(node.store.file_out, get.offer_id)
+            if out is None or out.recipient != link.peer:
+                reason = "no such file was offered to you"
+            elif out.expires_ms <= node.now_ms():
+                reason = "the offer has expired"
+            elif get.index * CHUNK_SIZE >= max(out.size, 1):
+                reason = "no such chunk"
+            else:
+                try:
+                    sealed = await trio.to_thread.run_sync(
+                        self._read_sealed, out.file_hash, out.key, get.index
+                    )
+                except OSError as exc:
+                    log.warning("cannot serve %s: %s", out.file_hash.hex()[:12], exc)
+                    reason = "the file is no longer on the sender's node"
+                else:
+                    await link.conn.send_many(
+                        link.session.file_data_frames(get.offer_id, get.index, sealed)
+                    )
+                    served = min(out.size, (get.index + 1) * CHUNK_SIZE)
+                    last = served == out.size
+                    if last or get.index % SYNC_EVERY == 0:
+                        await node.store_call(node.store.note_file_served, out.offer_id, served)
+                    node.events.publish(
+                        "file-sent",
+                        {
+                            "id": out.message_id.hex(),
+                            "to": str(link.peer),
+                            "sent": served,
+                            "size": out.size,
+                        },
+                    )
+                    continue
+            await link.conn.send(link.session.file_none_frame(get.offer_id, get.index, reason))
+
+    # --- fetching ---------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Node task: finish inline files as they arrive (no link needed)."""
+        node = self.node
+        while True:
+            self.inline_wake = trio.Event()
+            for entry in await node.store_call(node.store.files_in):
+                if files.parse_offer(entry.offer).inline is not None:
+                    await self.finish_inline(entry)
+            await self.inline_wake.wait()
+
+    async def fetch(self, link: PeerLink) -> None:
+        """Fetch every file this peer offered us that is not complete yet."""
+        node = self.node
+        while True:
+            link.fetch_wake = trio.Event()
+            fetching = functools.partial(node.store.files_in, sender=link.peer)
+            for entry in await node.store_call(fetching):
+                offer = files.parse_offer(entry.offer)
+                if offer.inline is None:
+                    await self._fetch_one(link, entry, offer)
+            await link.fetch_wake.wait()
+
+    async def _fetch_one(self, link: PeerLink, entry: FileIn, offer: Offer) -> None:
+        self.partial_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        part = self.partial_dir / f"{offer.offer_id.hex()}.part"
+        held = entry.next_chunk
+        f = await trio.to_thread.run_sync(_open_part, part, held * CHUNK_SIZE)
+        try:
+            try:
+                link.fetching = True
+                await self._fetch_chunks(link, entry, offer, f, held)
+            except FetchStopped as exc:
+                await self._record(offer, failed=str(exc))
+                self._progress(entry, offer, held * CHUNK_SIZE, "failed", reason=str(exc))
+                return
+            except SenderLied as exc:
+                await self._record(offer, failed=str(exc))
+                self._progress(entry, offer, held * CHUNK_SIZE, "failed", reason=str(exc))
+                raise
+            finally:
+                link.fetching = False
+            await trio.to_thread.run_sync(_sync_file, f)
+        finally:
+            f.close()
+        await self._finish(entry, offer, part)
+
+    async def _fetch_chunks(
+        self, link: PeerLink, entry: FileIn, offer: Offer, f: BinaryIO, held: int
+    ) -> None:
+        """Ask for chunks `held`.. in a window, check and write each; record
+        progress every SYNC_EVERY chunks."""
+        asked = held
+        pieces: dict[int, bytearray] = {}
+        have: set[int] = set()
+        failures: Counter[int] = Counter()
+        synced = held
+        while held < offer.chunks:
+            frames = []
+            while asked < offer.chunks and asked - held < FETCH_WINDOW:
+                frames.append(link.session.file_get_frame(offer.offer_id, asked))
+                asked += 1
+            if frames:
+                await link.conn.send_many(frames)
+            event = await link.file_pieces.receive()
+            if event.offer_id != offer.offer_id or not held <= event.index < asked:
+                raise SessionError("file data that was not asked for")
+            if isinstance(event, FileMissingReceived):
+                await self._drain(link, offer, asked - held - len(have) - 1)
+                raise FetchStopped(f"the sender cannot serve it: {event.reason}")
+            buf = pieces.setdefault(event.index, bytearray())
+            if event.offset != len(buf):
+                raise SessionError("file data out of order")
+            buf += event.data
+            if len(buf) < event.total:
+                continue
+            del pieces[event.index]
+            try:
+                plain = files.open_chunk(offer, event.index, bytes(buf))
+            except FileError as exc:
+                failures[event.index] += 1
+                log.warning("from %s: %s", link.peer.short(), exc)
+                if failures[event.index] >= MAX_CHUNK_FAILURES:
+                    raise SenderLied(f"{exc}, {MAX_CHUNK_FAILURES} times") from None
+                await link.conn.send(link.session.file_get_frame(offer.offer_id, event.index))
+                continue
+            await trio.to_thread.run_sync(_write_at, f, event.index * CHUNK_SIZE, plain)
+            have.add(event.index)
+            while held in have:
+                have.discard(held)
+                held += 1
+            if held - synced >= SYNC_EVERY or held == offer.chunks:
+                await trio.to_thread.run_sync(_sync_file, f)
+                await self._record(offer, next_chunk=held)
+                synced = held
+            self._progress(entry, offer, min(offer.size, held * CHUNK_SIZE), "fetching")
+
+    async def _drain(self, link: PeerLink, offer: Offer, answers: int) -> None:
+        """Read the answers still due for an offer we stop fetching."""
+        while answers > 0:
+            event = await link.file_pieces.receive()
+            if event.offer_id != offer.offer_id:
+                raise SessionError("file data that was not asked for")
+            if isinstance(event, FileMissingReceived) or (
+                isinstance(event, FileDataReceived)
+                and event.offset + len(event.data) == event.total
+            ):
+                answers -= 1
+
+    async def finish_inline(self, entry: FileIn) -> None:
+        """An inline file came in its message: write it out and finish it."""
+        offer = files.parse_offer(entry.offer)
+        assert offer.inline is not None
+        self.partial_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        part = self.partial_dir / f"{offer.offer_id.hex()}.part"
+        await trio.to_thread.run_sync(_write_whole, part, offer.inline)
+        await self._finish(entry, offer, part)
+
+    async def _finish(self, entry: FileIn, offer: Offer, part: Path) -> None:
+        """Check the whole file, move it into files/, and tell the sender."""
+        node = self.node
+        actual = await trio.to_thread.run_sync(_hash_file, part)
+        if actual != offer.file_hash:
+            # Every chunk was checked, so this is our disk, not the sender.
+            reason = "the file's hash does not match after writing it"
+            await self._record(offer, failed=reason)
+            self._progress(entry, offer, offer.size, "failed", reason=reason)
+            return
+        path = await trio.to_thread.run_sync(self._place, part, offer.name)
+        await self._record(offer, done_path=str(path))
+        self._progress(entry, offer, offer.size, "done", path=str(path))
+        await node.file_complete(entry.sender, entry.message_id)
+
+    async def _record(
+        self,
+        offer: Offer,
+        *,
+        next_chunk: int | None = None,
+        done_path: str | None = None,
+        failed: str | None = None,
+    ) -> None:
+        node = self.node
+        record = functools.partial(
+            node.store.file_progress, next_chunk=next_chunk, done_path=done_path, failed=failed
+        )
+        await node.store_call(record, offer.offer_id, node.now_ms())
+
+    def _place(self, part: Path, name: str) -> Path:
+        """Move a checked file to files/<name>, not over an existing one."""
+        stem, dot, ext = name.rpartition(".") if "." in name[1:] else (name, "", "")
+        for n in range(10_000):
+            candidate = self.root / (name if n == 0 else f"{stem} ({n}){dot}{ext}")
+            try:
+                os.link(part, candidate)  # fails if the name is taken: no race
+            except FileExistsError:
+                continue
+            part.unlink()
+            return candidate
+        raise OSError(f"no free name for {name} in {self.root}")
+
+    def _progress(
+        self,
+        entry: FileIn,
+        offer: Offer,
+        received: int,
+        state: str,
+        *,
+        path: str | None = None,
+        reason: str | None = None,
+    ) -> None:
+        event = {
+            "id": entry.message_id.hex(),
+            "from": str(entry.sender),
+            "name": offer.name,
+            "size": offer.size,
+            "received": received,
+            "state": state,
+        }
+        if path is not None:
+            event["path"] = path
+        if reason is not None:
+            event["reason"] = reason
+        self.node.events.publish("file", event)
+
+
+def _open_part(part: Path, keep: int) -> BinaryIO:
+    """The partial file, cut back to the chunks recorded as held."""
+    f = part.open("r+b" if part.exists() else "w+b")
+    f.truncate(keep)
+    return f
+
+
+def _write_at(f: BinaryIO, offset: int, data: bytes) -> None:
+    f.seek(offset)
+    f.write(data)
+
+
+def _write_whole(part: Path, data: bytes) -> None:
+    with part.open("wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _hash_file(path: Path) -> bytes:
+    h = files.hasher()
+    with path.open("rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.digest()

@@ -1,0 +1,146 @@
+"""Reactions, edits, unsends and disappearing texts between nodes over real TCP."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pytest
+import trio
+
+from p2pdm.envelope import MessageKind
+from p2pdm.node import IncomingPush
+from tests.test_files import start
+from tests.test_relay import Home, until
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from p2pdm.identity import NodeId
+    from p2pdm.node import Node
+
+DEADLINE = 30
+
+
+def view(node: Node, peer: NodeId) -> dict[str, Any]:
+    """The conversation as the API shows it, by text id."""
+    rows = node.store.conversation(peer, 50)
+    reactions = node.store.reactions([r.message_id for r in rows])
+    return {
+        r.message_id: (
+            None if r.deleted else r.text,
+            r.edited_ms is not None,
+            {str(who): e for who, e in reactions.get(r.message_id, [])},
+        )
+        for r in rows
+    }
+
+
+async def test_edit_react_and_unsend_reach_the_other_side(tmp_path: Path) -> None:
+    a_home, b_home = Home(tmp_path, "a"), Home(tmp_path, "b")
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as nursery:
+            b = await start(nursery, b_home)
+            b_events = b.events.subscribe()
+            a = await start(nursery, a_home, b.bound[0])
+            a_events = a.events.subscribe()
+            [typo, other] = await a.send_texts(b_home.id, ["helo", "see you"])
+            await until(b_events, ("message", {"text": "helo"}), ("message", {"text": "see you"}))
+
+            await a.change_own_text(typo, "hello")
+            await until(b_events, ("edited", {"id": typo.hex(), "text": "hello"}))
+            assert view(b, a_home.id)[typo] == ("hello", True, {})
+            assert [h.text for h in b.store.search("hello", 10)] == ["hello"]
+            assert b.store.search("helo", 10) == []
+
+            await b.react(typo, "👍")
+            await until(a_events, ("reaction", {"id": typo.hex(), "by": str(b_home.id)}))
+            assert view(a, b_home.id)[typo] == ("hello", True, {str(b_home.id): "👍"})
+            await b.react(typo, "")
+            await until(a_events, ("reaction", {"id": typo.hex(), "emoji": ""}))
+            assert view(a, b_home.id)[typo][2] == {}
+
+            await a.change_own_text(other, None)
+            await until(b_events, ("deleted", {"id": other.hex()}))
+            assert view(b, a_home.id)[other] == (None, False, {})
+            assert view(a, b_home.id)[other] == (None, False, {})
+            assert b.store.search("see", 10) == []
+            # Only the sender changes its texts, and an unsent one stays unsent.
+            with pytest.raises(ValueError, match="only your own"):
+                await b.change_own_text(typo, "mine now")
+            with pytest.raises(ValueError, match="no such message"):
+                await a.change_own_text(other, "back again")
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_node_offline_at_the_edit_gets_it_through_a_relay(tmp_path: Path) -> None:
+    a_home, r_home, b_home = (Home(tmp_path, n) for n in "arb")
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as nursery:
+            r = await start(nursery, r_home)
+            a = await start(nursery, a_home, r.bound[0], relay=False)
+            async with trio.open_nursery() as b_scope:
+                b = await start(b_scope, b_home, r.bound[0], relay=False)
+                b_events = b.events.subscribe()
+                [mid] = await a.send_texts(b_home.id, ["meet at 5"])
+                await until(b_events, ("message", {"text": "meet at 5"}))
+                b_scope.cancel_scope.cancel()
+            a_events = a.events.subscribe()
+            await a.change_own_text(mid, "meet at 6")
+            await a.react(mid, "⏰")
+            await until(a_events, ("relayed", {}), ("relayed", {}))
+            b = await start(nursery, b_home, r.bound[0], relay=False)
+            b_events = b.events.subscribe()
+            await until(b_events, ("edited", {"id": mid.hex()}), ("reaction", {"id": mid.hex()}))
+            assert view(b, a_home.id)[mid] == ("meet at 6", True, {str(a_home.id): "⏰"})
+            nursery.cancel_scope.cancel()
+
+
+async def test_an_edit_that_overtakes_its_text_applies_when_the_text_comes(
+    tmp_path: Path,
+) -> None:
+    a_home, b_home = Home(tmp_path, "a"), Home(tmp_path, "b")
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as nursery:
+            a = await start(nursery, a_home)
+            [mid] = await a.send_texts(b_home.id, ["first draft"])
+            await a.change_own_text(mid, "final")
+            by_kind = {row.kind: row.envelope for row in a.store.outbox()}
+            b = await start(nursery, b_home)
+            b_events = b.events.subscribe()
+            # Relays may deliver out of order: the edit comes first.
+            for seq, kind in enumerate((MessageKind.EDIT, MessageKind.TEXT)):
+                op = IncomingPush(a_home.id, seq, by_kind[kind])
+                await b.committer.submit(op)
+                await op.done.wait()
+            await until(b_events, ("message", {"id": mid.hex()}), ("edited", {"text": "final"}))
+            assert view(b, a_home.id)[mid] == ("final", True, {})
+            nursery.cancel_scope.cancel()
+
+
+async def test_disappearing_texts_vanish_from_both_sides(tmp_path: Path) -> None:
+    a_home, b_home = Home(tmp_path, "a"), Home(tmp_path, "b")
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as nursery:
+            b = await start(nursery, b_home)
+            b_events = b.events.subscribe()
+            a = await start(nursery, a_home, b.bound[0])
+            a_events = a.events.subscribe()
+            [before] = await a.send_texts(b_home.id, ["this one stays"])
+            await a.set_timer(b_home.id, 5_000)
+            await until(b_events, ("timer", {"after": 5.0}))
+            assert b.store.timer(a_home.id) == 5_000  # both sides now send them
+            [poof] = await a.send_texts(b_home.id, ["this one vanishes"])
+            [back] = await b.send_texts(a_home.id, ["so does this"])
+            [row] = [r for r in a.store.outbox() if r.message_id == poof]
+            assert row.expires_ms <= a.now_ms() + 5_000  # relays drop it as soon
+            for events in (a_events, b_events):
+                await until(
+                    events, ("vanished", {"id": poof.hex()}), ("vanished", {"id": back.hex()})
+                )
+            for node, peer in ((a, b_home.id), (b, a_home.id)):
+                assert [r.message_id for r in node.store.conversation(peer, 10)] == [before]
+                assert node.store.search("vanishes", 10) == []
+            await b.set_timer(a_home.id, 0)
+            await until(a_events, ("timer", {"after": 0.0}))
+            assert a.store.timer(b_home.id) == 0
+            nursery.cancel_scope.cancel()
