@@ -48,7 +48,15 @@ DEFAULT_PAGE = 50
 # Ids one read request may mark.
 MAX_READ_IDS = 10_000
 # Kinds the inbox does not list: they report on, or change, other things.
-NOT_LISTED_KINDS = RECEIPT_KINDS | CHANGE_KINDS | {MessageKind.GROUP, MessageKind.TIMER}
+NOT_LISTED_KINDS = (
+    RECEIPT_KINDS
+    | CHANGE_KINDS
+    | {
+        MessageKind.GROUP,
+        MessageKind.TIMER,
+        MessageKind.FILE_PART,
+    }
+)
 
 
 def _ms_to_s(ms: int | None) -> float | None:
@@ -72,8 +80,12 @@ def inbox_json(row: InboxRow, names: dict[NodeId, str], request: bool) -> dict[s
     }
 
 
-def chat_json(row: ChatRow, reactions: list[tuple[NodeId, str]] | None = None) -> dict[str, Any]:
-    return {
+def chat_json(
+    row: ChatRow,
+    reactions: list[tuple[NodeId, str]] | None = None,
+    received_file: FileIn | None = None,
+) -> dict[str, Any]:
+    out = {
         "id": row.message_id.hex(),
         "mine": row.mine,
         "ts": row.ms / 1000,
@@ -87,6 +99,12 @@ def chat_json(row: ChatRow, reactions: list[tuple[NodeId, str]] | None = None) -
         "vanish": _ms_to_s(row.vanish_ms),
         "reactions": {str(who): emoji for who, emoji in reactions or ()},
     }
+    if received_file is not None:
+        out["file"] = file_json(received_file)
+    elif row.kind == MessageKind.FILE:
+        offer = files.parse_offer(row.body)
+        out["file"] = {"name": offer.name, "size": offer.size, "blake2b": offer.file_hash.hex()}
+    return out
 
 
 def conversation_json(row: ConversationRow, online: bool, requests: bool) -> dict[str, Any]:
@@ -541,16 +559,8 @@ class Api:
         names = {c.node_id: c.name for c in contacts if c.name}
         known = {c.node_id for c in contacts}
         requests = self.node.settings.accept is not AcceptPolicy.EVERYONE
-        offered = [r.message_id for r in rows if r.kind == MessageKind.FILE]
-        by_message = (
-            {
-                f.message_id: f
-                for f in (
-                    await self._store(functools.partial(node.store.files_in, message_ids=offered))
-                )
-            }
-            if offered
-            else {}
+        by_message = await self._files_in(
+            [r.message_id for r in rows if r.kind == MessageKind.FILE]
         )
         messages = []
         for r in rows:
@@ -559,6 +569,13 @@ class Api:
                 m["file"] = file_json(by_message[r.message_id])
             messages.append(m)
         return json_response({"messages": messages})
+
+    async def _files_in(self, message_ids: list[bytes]) -> dict[bytes, FileIn]:
+        """Files offered to us in these messages, by message id."""
+        if not message_ids:
+            return {}
+        found = functools.partial(self.node.store.files_in, message_ids=message_ids)
+        return {f.message_id: f for f in await self._store(found)}
 
     async def _names(self) -> dict[NodeId, str]:
         contacts = await self._store(self.node.store.contacts)
@@ -680,13 +697,19 @@ class Api:
         rows = await self._store(
             self.node.store.conversation, peer, limit, request.query.get("before")
         )
-        reactions = await self._store(self.node.store.reactions, [r.message_id for r in rows])
-        timer = await self._store(self.node.store.timer, peer)
+        store = self.node.store
+        reactions = await self._store(store.reactions, [r.message_id for r in rows])
+        timer = await self._store(store.timer, peer)
+        offered = [r.message_id for r in rows if r.kind == MessageKind.FILE and not r.mine]
+        received = await self._files_in(offered)
         return json_response(
             {
                 "peer": str(peer),
                 "timer": timer / 1000,
-                "messages": [chat_json(r, reactions.get(r.message_id)) for r in rows],
+                "messages": [
+                    chat_json(r, reactions.get(r.message_id), received.get(r.message_id))
+                    for r in rows
+                ],
                 # Older history continues before the first row of a full page.
                 "before": rows[0].cursor if len(rows) == limit else None,
             }

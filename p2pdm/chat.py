@@ -17,7 +17,8 @@ import contextlib
 import threading
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from pathlib import Path
+from typing import Any, ClassVar
 
 from rich.text import Text
 from textual.app import App, ComposeResult
@@ -30,9 +31,7 @@ from textual.widgets import Footer, Header, Input, Label, ListItem, ListView, St
 from p2pdm.apiclient import ApiClient, ApiClientError, ApiRequestError, ApiUnavailable
 from p2pdm.config import API_SOCKET_NAME
 from p2pdm.display import visible
-
-if TYPE_CHECKING:
-    from pathlib import Path
+from p2pdm.settings import parse_duration
 
 # Messages per history page.
 PAGE = 50
@@ -65,8 +64,15 @@ HELP = """Commands:
   /safety           the safety number to compare with this peer
   /search WORDS     search all messages (also Ctrl+F)
   /receipts on|off  send read receipts or not
+  /react EMOJI      react to their last message (/react alone: take it back)
+  /edit TEXT        change your last message;  /unsend  take it back
+  /timer 1h|off     disappearing messages here, both ways
+  /file PATH        send a file (up to 100 MiB)
+  /group NAME PEER...   a new group;  /invite PEER, /kick PEER in a group
   /help             this list
 Keys: Tab moves between the list and the input; Ctrl+Q quits."""
+# Conversation keys of groups in the sidebar and `ChatApp.peer`.
+GROUP_PREFIX = "g:"
 
 
 def local_time(ts: float) -> str:
@@ -95,39 +101,99 @@ class Conversation:
         return self.name or short(self.peer)
 
 
+def _duration_text(seconds: float) -> str:
+    for unit, length in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= length and seconds % length == 0:
+            return f"{seconds / length:.0f}{unit}"
+    return f"{seconds:.0f}s"
+
+
+def size_text(size: int) -> str:
+    if size < 1024:
+        return f"{size} B"
+    if size < 1 << 20:
+        return f"{size / 1024:.0f} KiB"
+    return f"{size / (1 << 20):.1f} MiB"
+
+
 class MessageView(Static):
-    """One message; ours show their delivery state, which only moves forward."""
+    """One message; ours show their delivery state, which only moves forward.
+    Edits, unsends, reactions and file progress change it in place."""
 
     def __init__(self, message: dict[str, Any], peer_name: str) -> None:
         super().__init__(classes="mine" if message["mine"] else "theirs")
         self.message_id: str = message["id"]
         self.mine: bool = message["mine"]
-        self.text: str = message["text"]
+        self.text: str = message.get("text") or ""
         self.ts: float = message["ts"]
         self.peer_name = peer_name
         self.state: str | None = message.get("state")
+        self.edited: bool = message.get("edited", False)
+        self.deleted: bool = message.get("deleted", False)
+        self.vanishes = message.get("vanish") is not None
+        self.reactions: dict[str, str] = dict(message.get("reactions") or {})
+        self.file: dict[str, Any] | None = message.get("file")
+        self.members: dict[str, str] = {}
+        """Our group message: each member's copy's state."""
+        for member, copy in (message.get("members") or {}).items():
+            self.members[member] = copy["state"]
         self.update(self.compose_line())
 
     def compose_line(self) -> Text:
         line = Text()
         line.append(local_time(self.ts) + " ", style="dim")
+        if self.vanishes:
+            line.append("⏱ ", style="dim")
         who = "me" if self.mine else self.peer_name
         line.append(who + ": ", style="bold green" if self.mine else "bold cyan")
         # A Text, never markup, and control characters made visible: a peer
         # can neither style our screen nor send the terminal escape codes.
-        line.append(visible(self.text))
-        if self.mine and self.state:
+        if self.deleted:
+            line.append("message unsent", style="dim italic")
+        elif self.file is not None:
+            line.append(f"📎 {visible(str(self.file['name']))} ({size_text(self.file['size'])})")
+            line.append(self._file_state(), style="dim")
+        else:
+            line.append(visible(self.text))
+        if self.edited and not self.deleted:
+            line.append(" (edited)", style="dim")
+        if self.reactions:
+            line.append("  " + " ".join(visible(e) for e in self.reactions.values()))
+        if self.mine and self.members:
+            done = sum(1 for st in self.members.values() if _rank(st) >= _rank("delivered"))
+            line.append(f"  ✓✓ {done}/{len(self.members)} delivered", style="dim italic")
+        elif self.mine and self.state:
             line.append("  " + STATE_MARK.get(self.state, self.state), style="dim italic")
         return line
+
+    def _file_state(self) -> str:
+        f = self.file
+        assert f is not None
+        if f.get("path"):  # the name only: the folder is the node's files/
+            return f"  saved as {visible(Path(str(f['path'])).name)}"
+        if f.get("state") == "failed":
+            return f"  failed: {visible(str(f.get('reason')))}"
+        if "received" in f and f["size"]:
+            return f"  {f['received'] / f['size']:.0%}"
+        if "sent" in f and f["size"]:
+            return f"  sent {f['sent'] / f['size']:.0%}"
+        return ""
+
+    def redraw(self) -> None:
+        self.update(self.compose_line())
 
     @property
     def plain(self) -> str:
         return self.compose_line().plain
 
-    def advance(self, state: str) -> None:
-        if state in STATES and (self.state not in STATES or _rank(state) > _rank(self.state)):
+    def advance(self, state: str, member: str | None = None) -> None:
+        if member is not None:
+            if _rank(state) > _rank(self.members.get(member)):
+                self.members[member] = state
+                self.redraw()
+        elif state in STATES and (self.state not in STATES or _rank(state) > _rank(self.state)):
             self.state = state
-            self.update(self.compose_line())
+            self.redraw()
 
 
 def _rank(state: str | None) -> int:
@@ -277,7 +343,11 @@ class ChatApp(App[int]):
         self.me: str = ""
         self.peer: str | None = None
         self.conversations: dict[str, Conversation] = {}
+        self.groups: dict[str, dict[str, Any]] = {}  # group id -> as the API shows it
         self.views: dict[str, MessageView] = {}
+        # Our group messages' per-member copies: copy id -> (shared id, member).
+        self.copy_of: dict[str, tuple[str, str]] = {}
+        self.timer = 0.0  # the open conversation's disappearing timer, seconds
         self.early_states: dict[str, str] = {}  # events that came before their message
         self.older: str | None = None  # cursor of the next older page
         self.loading_older = False
@@ -392,17 +462,25 @@ class ChatApp(App[int]):
             await self.refresh_sidebar()
             if self.peer is not None:
                 await self.open_conversation(self.peer)
-        elif name == "message" and data.get("text") is not None:
+        elif name == "message" and (data.get("text") is not None or "file" in data):
             sender = data["from"]
             self.typing_until.pop(sender, None)
-            if sender == self.peer:
-                await self.show_messages(
-                    [{"id": data["id"], "mine": False, "ts": time.time(), "text": data["text"]}]
+            here = GROUP_PREFIX + data["group"] if data.get("group") else sender
+            if here == self.peer:
+                shown = {"id": data["id"], "mine": False, "ts": time.time(), "from": sender}
+                shown.update(
+                    text=data.get("text"), file=data.get("file"), vanish=data.get("vanish")
                 )
+                await self.show_messages([shown])
                 if not self.away:
                     await self.api("post", "/v1/read", {"ids": [data["id"]]})
             self.refresh_sidebar_soon()
             self._show_typing()
+        elif name in ("sent", "relayed", "delivered", "read") and data["id"] in self.copy_of:
+            shared, member = self.copy_of[data["id"]]
+            view = self.views.get(shared)
+            if view is not None:
+                view.advance(name, member)
         elif name in ("sent", "relayed", "delivered", "read"):
             view = self.views.get(data["id"])
             if view is not None:
@@ -425,7 +503,39 @@ class ChatApp(App[int]):
             else:
                 self.typing_until.pop(data["from"], None)
             self._show_typing()
+        elif name in ("edited", "deleted", "reaction", "file", "file-sent", "vanished"):
+            await self._changed_message(name, data)
+        elif name == "timer" and data["peer"] == self.peer:
+            self.timer = data["after"]
+            self.notify(f"disappearing messages: {_duration_text(self.timer)}")
+            self._show_title()
+        elif name == "group":
+            self.refresh_sidebar_soon()
         self.bump()
+
+    async def _changed_message(self, name: str, data: dict[str, Any]) -> None:
+        """A message on screen changed: edited, unsent, reacted to, a file's
+        progress, or it disappeared."""
+        view = self.views.get(data["id"])
+        if view is None:
+            return
+        if name == "vanished":
+            del self.views[data["id"]]
+            await view.remove()
+            return
+        if name == "edited":
+            view.text, view.edited = data["text"], True
+        elif name == "deleted":
+            view.deleted = True
+            view.reactions.clear()  # they went with it
+        elif name == "reaction":
+            if data["emoji"]:
+                view.reactions[data["by"]] = data["emoji"]
+            else:
+                view.reactions.pop(data["by"], None)
+        elif view.file is not None:  # "file" (fetching) or "file-sent"
+            view.file = {**view.file, **data}
+        view.redraw()
 
     def on_app_blur(self) -> None:
         self.away = True
@@ -453,8 +563,10 @@ class ChatApp(App[int]):
     async def refresh_sidebar(self) -> None:
         chats = await self.api("get", "/v1/conversations")
         requests = await self.api("get", "/v1/requests")
-        if chats is None or requests is None:
+        groups = await self.api("get", "/v1/groups")
+        if chats is None or requests is None or groups is None:
             return
+        self.groups = {g["id"]: g for g in groups["groups"] if g["member"]}
         self.conversations = {}
         for row in chats["conversations"] + requests["requests"]:
             self.conversations[row["peer"]] = Conversation(
@@ -478,6 +590,12 @@ class ChatApp(App[int]):
         if strangers:
             items.append(self._label_item(f"Requests ({len(strangers)})", "bold"))
             items.extend(self._sidebar_item(c) for c in strangers)
+        if self.groups:
+            items.append(self._label_item("Groups", "bold"))
+            for group in self.groups.values():
+                item = SidebarItem(Text("# " + visible(group["name"])[:20]))
+                item.peer = GROUP_PREFIX + group["id"]
+                items.append(item)
         if not items:
             items.append(self._label_item("No conversations yet: /add ID", "dim"))
         self.sidebar_lines = [i.plain for i in items if isinstance(i, SidebarItem)]
@@ -516,12 +634,30 @@ class ChatApp(App[int]):
     # --- the open conversation -------------------------------------------
 
     def name_of(self, peer: str) -> str:
+        if peer.startswith(GROUP_PREFIX):
+            group = self.groups.get(peer[len(GROUP_PREFIX) :])
+            return "# " + group["name"] if group is not None else "a group"
         c = self.conversations.get(peer)
-        return c.title if c is not None else short(peer)
+        if c is not None:
+            return c.title
+        return "me" if peer == self.me else short(peer)
+
+    @property
+    def group(self) -> str | None:
+        """The open conversation's group id, if it is a group."""
+        if self.peer is not None and self.peer.startswith(GROUP_PREFIX):
+            return self.peer[len(GROUP_PREFIX) :]
+        return None
 
     def _show_title(self) -> None:
         title = self.query_one("#title", Static)
         if self.peer is None:
+            return
+        if self.group is not None:
+            members = len(self.groups.get(self.group, {}).get("members", []))
+            line = Text(f"{self.name_of(self.peer)}  {members} members", style="bold")
+            title.update(line)
+            self.title_line = line.plain
             return
         c = self.conversations.get(self.peer)
         line = Text()
@@ -531,6 +667,8 @@ class ChatApp(App[int]):
         line.append("  online" if online else "  offline", style="dim")
         if c is not None and c.request:
             line.append("  request: /accept or /block", style="bold yellow")
+        if self.timer:
+            line.append(f"  ⏱ {_duration_text(self.timer)}", style="dim")
         title.update(line)
         self.title_line = line.plain
 
@@ -555,12 +693,19 @@ class ChatApp(App[int]):
         log = self.query_one("#log", MessageLog)
         await log.remove_children()
         log.anchor()  # stays at the newest line while the user has not scrolled up
+        self.timer = 0.0
+        self.older = None
         self._show_title()
         self._show_typing()
+        if self.group is not None:
+            await self._open_group(self.group)
+            return
         page = await self.api("get", f"/v1/conversations/{peer}", {"limit": PAGE})
         if page is None:
             return
         self.older = page["before"]
+        self.timer = page["timer"]
+        self._show_title()
         await self.show_messages(page["messages"])
         if any(not m["mine"] and not m["read"] for m in page["messages"]):
             await self.api("post", "/v1/read", {"peer": peer})
@@ -568,6 +713,24 @@ class ChatApp(App[int]):
         if c is not None and c.unread:
             c.unread = 0
             self.refresh_sidebar_soon()
+        self.bump()
+
+    async def _open_group(self, group_id: str) -> None:
+        page = await self.api("get", f"/v1/groups/{group_id}/messages", {"limit": PAGE})
+        if page is None:
+            return
+        shown = []
+        for m in page["messages"]:
+            if m["mine"]:
+                shown.append({**m, "id": m["gm"]})
+                for member, copy in m["members"].items():
+                    self.copy_of[copy["id"]] = (m["gm"], member)
+            else:
+                shown.append(m)
+        await self.show_messages(shown)
+        unread = [m["id"] for m in page["messages"] if not m["mine"] and not m["read"]]
+        if unread:
+            await self.api("post", "/v1/read", {"ids": unread})
         self.bump()
 
     async def show_messages(self, messages: list[dict[str, Any]], *, older: bool = False) -> None:
@@ -578,7 +741,7 @@ class ChatApp(App[int]):
         for m in messages:
             if m["id"] in self.views:
                 continue
-            view = MessageView(m, self.name_of(self.peer))
+            view = MessageView(m, self.name_of(m.get("from") or self.peer))
             early = self.early_states.pop(m["id"], None)
             if early is not None:
                 view.advance(early)
@@ -617,7 +780,7 @@ class ChatApp(App[int]):
     # --- the input line ------------------------------------------------------
 
     async def on_input_changed(self, event: Input.Changed) -> None:
-        if event.input.id != "input" or self.peer is None:
+        if event.input.id != "input" or self.peer is None or self.group is not None:
             return
         text = event.value
         if not text or text.startswith("/"):
@@ -641,7 +804,7 @@ class ChatApp(App[int]):
         if self._idle_timer is not None:
             self._idle_timer.stop()
             self._idle_timer = None
-        if self.typing_active and self.peer is not None:
+        if self.typing_active and self.peer is not None and self.group is None:
             self.typing_active = False
             await self._typing(self.peer, False)
 
@@ -656,6 +819,8 @@ class ChatApp(App[int]):
             await self.run_command(text)
         elif self.peer is None:
             self.notify("Pick a conversation first (or /add ID NAME)", severity="warning")
+        elif self.group is not None:
+            await self._send_group(self.group, text)
         else:
             await self._stop_typing()
             sent = await self.api("post", "/v1/messages", {"to": self.peer, "text": text})
@@ -663,12 +828,38 @@ class ChatApp(App[int]):
                 now = time.time()
                 await self.show_messages(
                     [
-                        {"id": mid, "mine": True, "ts": now, "text": text, "state": "queued"}
+                        {
+                            "id": mid,
+                            "mine": True,
+                            "ts": now,
+                            "text": text,
+                            "state": "queued",
+                            "vanish": now + self.timer if self.timer else None,
+                        }
                         for mid in sent["ids"]
                     ]
                 )
                 self.refresh_sidebar_soon()
         self.bump()
+
+    async def _send_group(self, group_id: str, text: str) -> None:
+        sent = await self.api("post", f"/v1/groups/{group_id}/messages", {"text": text})
+        if sent is None:
+            return
+        [shared] = sent["ids"]
+        members = {}
+        for member, [copy] in sent["copies"].items():
+            self.copy_of[copy] = (shared, member)
+            members[member] = {"state": "queued"}
+        mine = {"id": shared, "mine": True, "ts": time.time(), "text": text, "members": members}
+        await self.show_messages([mine])
+
+    def _last(self, *, mine: bool) -> MessageView | None:
+        """The newest live message on screen, ours or theirs."""
+        for view in reversed(list(self.views.values())):
+            if view.mine == mine and not view.deleted:
+                return view
+        return None
 
     # --- commands ---------------------------------------------------------
 
@@ -677,8 +868,12 @@ class ChatApp(App[int]):
         rest = rest.strip()
         peer = self.peer
         needs_peer = {"rename", "accept", "block", "unblock", "safety"}
-        if name in needs_peer and peer is None:
-            self.notify(f"/{name} works on the open conversation: pick one first")
+        needs_peer |= {"react", "edit", "unsend", "timer", "file"}
+        if name in needs_peer and (peer is None or self.group is not None):
+            self.notify(f"/{name} works on an open conversation with one person: pick one first")
+            return
+        if name in ("invite", "kick") and self.group is None:
+            self.notify(f"/{name} works on an open group: pick one first")
             return
         if name == "help":
             self.push_screen(InfoScreen("p2pdm chat", HELP))
@@ -719,9 +914,50 @@ class ChatApp(App[int]):
         elif name == "receipts" and rest in ("on", "off"):
             if await self.api("post", "/v1/settings", {"read_receipts": rest == "on"}):
                 self.notify(f"read receipts {rest}")
+        elif name in ("react", "edit", "unsend", "timer", "file") and peer is not None:
+            await self._message_command(name, rest, peer)
+        elif name == "group":
+            group_name, *members = rest.split()
+            created = await self.api("post", "/v1/groups", {"name": group_name, "members": members})
+            if created is not None:
+                await self.refresh_sidebar()
+                await self.open_conversation(GROUP_PREFIX + created["id"])
+        elif name in ("invite", "kick") and self.group is not None and rest:
+            change = {"add" if name == "invite" else "remove": [rest]}
+            if await self.api("post", f"/v1/groups/{self.group}", change) is not None:
+                self.notify(f"{'added' if name == 'invite' else 'removed'} {rest}")
+                await self.refresh_sidebar()
+                self._show_title()
         else:
             self.notify(f"unknown command {line.split()[0]!r}: try /help", severity="warning")
         self.bump()
+
+    async def _message_command(self, name: str, rest: str, peer: str) -> None:
+        """/react, /edit, /unsend, /timer and /file in a 1:1 conversation."""
+        if name == "timer":
+            try:
+                seconds = 0.0 if rest == "off" else parse_duration(rest)
+            except ValueError as exc:
+                self.notify(str(exc), severity="warning")
+                return
+            await self.api("post", f"/v1/conversations/{peer}/timer", {"seconds": seconds})
+            return
+        if name == "file":
+            path = await asyncio.to_thread(lambda: str(Path(rest).expanduser().resolve()))
+            sent = await self.api("post", "/v1/files", {"to": peer, "path": path})
+            if sent is not None:
+                view = {"id": sent["id"], "mine": True, "ts": time.time(), "file": sent["file"]}
+                await self.show_messages([{**view, "state": "queued"}])
+            return
+        target = self._last(mine=name != "react")
+        if target is None:
+            self.notify(f"no message to {name} here", severity="warning")
+        elif name == "react":
+            await self.api("post", f"/v1/messages/{target.message_id}/reaction", {"emoji": rest})
+        elif name == "edit" and rest:
+            await self.api("post", f"/v1/messages/{target.message_id}/edit", {"text": rest})
+        elif name == "unsend":
+            await self.api("delete", f"/v1/messages/{target.message_id}")
 
     # --- actions ------------------------------------------------------------
 

@@ -41,6 +41,7 @@ from p2pdm.identity import (
     safety_number,
     write_key_file,
 )
+from p2pdm.settings import parse_duration
 from p2pdm.transport import limits_with, parse_address
 
 if TYPE_CHECKING:
@@ -128,6 +129,7 @@ def _addresses(
 
 def cmd_run(home: Path, args: argparse.Namespace) -> int:
     from p2pdm.daemon import run_daemon
+    from p2pdm.files import DEFAULT_RELAYED_SIZE, MAX_RELAYED_SIZE
     from p2pdm.node import DEFAULT_PORT, DEFAULT_TTL_MS, MAX_TTL_MS, NodeConfig
 
     conf = load_config(home)
@@ -147,6 +149,12 @@ def cmd_run(home: Path, args: argparse.Namespace) -> int:
     if ttl_days is not None and not (isinstance(ttl_days, int) and 1 <= ttl_days <= max_days):
         raise CliError(f"ttl_days must be a whole number of days, 1 to {max_days}", EXIT_USAGE)
     name = check_name(args.name) if args.name is not None else conf.get("name")
+    relay_kib = (
+        args.relay_file_kib if args.relay_file_kib is not None else conf.get("relay_file_kib")
+    )
+    max_kib = MAX_RELAYED_SIZE // 1024
+    if relay_kib is not None and not (isinstance(relay_kib, int) and 0 <= relay_kib <= max_kib):
+        raise CliError(f"relay_file_kib must be a whole number, 0 to {max_kib}", EXIT_USAGE)
     limit_overrides: dict[str, object] = dict(conf.get("limits", {}))  # type: ignore[call-overload]
     for item in args.limit or []:
         name, sep, value = item.partition("=")
@@ -167,6 +175,7 @@ def cmd_run(home: Path, args: argparse.Namespace) -> int:
         ttl_ms=DEFAULT_TTL_MS if ttl_days is None else ttl_days * 86_400_000,
         name=name if isinstance(name, str) else None,
         limits=limits,
+        relay_file_max=DEFAULT_RELAYED_SIZE if relay_kib is None else relay_kib * 1024,
     )
     identity = _unlock(home)
     return run_daemon(config, identity)
@@ -325,7 +334,10 @@ def cmd_unsend(home: Path, args: argparse.Namespace) -> int:
 
 
 def cmd_timer(home: Path, args: argparse.Namespace) -> int:
-    seconds = 0.0 if args.seconds == "off" else _duration(args.seconds)
+    try:
+        seconds = 0.0 if args.seconds == "off" else parse_duration(args.seconds)
+    except ValueError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
     _client(home).post(f"/v1/conversations/{_path_part(args.peer)}/timer", {"seconds": seconds})
     return EXIT_OK
 
@@ -566,21 +578,6 @@ def _seconds(text: str) -> float:
     return value
 
 
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def _duration(text: str) -> float:
-    """Seconds from "30", "30s", "10m", "1h" or "7d"."""
-    unit = _UNITS.get(text[-1:].lower(), 0)
-    try:
-        value = float(text[:-1] if unit else text) * (unit or 1)
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value) or value <= 0:
-        raise CliError(f"{text!r}: give a duration such as 30, 10m, 1h or 7d, or off", EXIT_USAGE)
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="p2pdm", description="Peer-to-peer direct messaging.")
     parser.add_argument("--version", action="version", version=f"p2pdm {__version__}")
@@ -646,6 +643,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="display name of this node (shown in status)")
     p.add_argument(
         "--ttl-days", type=int, metavar="DAYS", help="how long sent messages live (default 7)"
+    )
+    p.add_argument(
+        "--relay-file-kib",
+        type=int,
+        metavar="KIB",
+        help="send files up to this size in parts that relays carry (default 1024)",
     )
     p.add_argument(
         "--limit",

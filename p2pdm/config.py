@@ -78,6 +78,7 @@ CONFIG_KEYS: dict[str, tuple[type, str]] = {
     "relay": (bool, "hold mail for other peers"),
     "log_level": (str, "debug, info, warning or error"),
     "ttl_days": (int, "how long sent messages live before they expire"),
+    "relay_file_kib": (int, "files up to this size go through relays (default 1024)"),
     "limits": (dict, "transport limits, e.g. {handshake_timeout = 5} (see docs)"),
 }
 

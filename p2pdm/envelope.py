@@ -86,6 +86,9 @@ class MessageKind(IntEnum):
     TIMER = 11
     """{"after": ms}: the sender set this conversation's disappearing-message
     timer (0: off); both sides then send texts that vanish after it."""
+    FILE_PART = 12
+    """{"x": offer id, "i": index, "d": bytes}: a piece of a file offered in
+    parts (p2pdm.files), so that relays carry it."""
 
 
 # Changes to other messages: listed with them, not as messages of their own.
@@ -192,6 +195,8 @@ def _check_body(kind: int, body: wire.Value) -> None:
             raise wire.WireError("a group message's text is empty")
     elif kind == MessageKind.FILE:
         files.parse_offer(body)
+    elif kind == MessageKind.FILE_PART:
+        files.parse_part(body)
     elif kind == MessageKind.TYPING:
         active = wire.as_map(body, "typing", required={"active"})["active"]
         if not isinstance(active, bool):

@@ -8,9 +8,14 @@ whole file by its own BLAKE2b-256. The sender seals a FILE message
      "ch": [chunk hash, ...], "k": chunk key (32)}        (fetched)
     {"x": offer id, "name": text, "size": int, "h": file hash, "d": bytes}
                                                         (inline, small files)
+    {"x": offer id, "name": text, "size": int, "h": file hash, "parts": n}
+                                                        (in parts, up to a cap)
 
 An inline file travels inside the envelope, so relays hold it like any other
-mail. A fetched file's chunks are asked for by the recipient over a direct
+mail. A file in parts travels as n FILE_PART messages, {"x", "i": index,
+"d": bytes}, each an ordinary envelope too: files up to the sender's
+relay cap (1 MiB by default) reach a recipient that is away. A fetched
+file's chunks are asked for by the recipient over a direct
 connection (session frames FGET / FDATA, p2pdm.session), each chunk sealed
 with XSalsa20-Poly1305 (libsodium's secretbox) under the offer's key, with
 the chunk index as nonce: a key serves one offer, so a nonce never repeats
@@ -44,8 +49,14 @@ KEY_LEN = nacl.secret.SecretBox.KEY_SIZE
 MAC_LEN = nacl.secret.SecretBox.MACBYTES
 MAX_NAME_LEN = 255
 # Inline files ride in one envelope (whose limit is ~59 KiB with the rest of
-# the message); relays hold them like any message.
+# the message); relays hold them like any message. A file in parts uses
+# envelopes of the same size.
 MAX_INLINE_SIZE = 48 * 1024
+PART_SIZE = MAX_INLINE_SIZE
+# Files up to this size go in parts (through relays), larger ones are
+# fetched directly; a node's setting, within MAX_RELAYED_SIZE.
+DEFAULT_RELAYED_SIZE = 1024 * 1024
+MAX_RELAYED_SIZE = 16 * 1024 * 1024
 _PERSON = b"p2pdm-file"
 
 
@@ -70,6 +81,8 @@ class Offer:
     chunk_hashes: tuple[bytes, ...] = ()
     key: bytes = b""
     inline: bytes | None = None
+    parts: int = 0
+    """Sent as this many FILE_PART messages (0: inline or fetched)."""
 
     @property
     def chunks(self) -> int:
@@ -87,6 +100,8 @@ class Offer:
         }
         if self.inline is not None:
             body["d"] = self.inline
+        elif self.parts:
+            body["parts"] = self.parts
         else:
             body["ch"] = list(self.chunk_hashes)
             body["k"] = self.key
@@ -96,7 +111,7 @@ class Offer:
 def parse_offer(body: wire.Value) -> Offer:
     """A FILE message body; raises wire.WireError."""
     fields = wire.as_map(
-        body, "file", required={"x", "name", "size", "h"}, optional={"ch", "k", "d"}
+        body, "file", required={"x", "name", "size", "h"}, optional={"ch", "k", "d", "parts"}
     )
     offer_id = wire.field_bytes(fields, "x", "file", size=OFFER_ID_LEN)
     name = wire.field_text(fields, "name", "file", max_len=MAX_NAME_LEN)
@@ -111,6 +126,17 @@ def parse_offer(body: wire.Value) -> Offer:
         if len(data) != size or blake2b(data) != file_hash:
             raise wire.WireError("inline file data does not match its size and hash")
         return Offer(offer_id, name, size, file_hash, inline=data)
+    if "parts" in fields:
+        if len(fields) != 5:
+            raise wire.WireError("a file in parts has no chunks, key or data")
+        if not MAX_INLINE_SIZE < size <= MAX_RELAYED_SIZE:
+            raise wire.WireError(
+                f"a file in parts is over {MAX_INLINE_SIZE} bytes, at most {MAX_RELAYED_SIZE}"
+            )
+        parts = wire.field_int(fields, "parts", "file", lo=1, hi=MAX_RELAYED_SIZE // PART_SIZE)
+        if parts != -(-size // PART_SIZE):
+            raise wire.WireError(f"{size} bytes are {-(-size // PART_SIZE)} parts, not {parts}")
+        return Offer(offer_id, name, size, file_hash, parts=parts)
     if "ch" not in fields or "k" not in fields:
         raise wire.WireError("a fetched file lists its chunk hashes and key")
     key = wire.field_bytes(fields, "k", "file", size=KEY_LEN)
@@ -148,12 +174,51 @@ def describe(path: Path) -> tuple[int, bytes, tuple[bytes, ...]]:
     return size, whole.digest(), tuple(chunks)
 
 
+def parse_part(body: wire.Value) -> tuple[bytes, int, bytes]:
+    """A FILE_PART message body: (offer id, index, data); raises wire.WireError."""
+    fields = wire.as_map(body, "file part", required={"x", "i", "d"})
+    offer_id = wire.field_bytes(fields, "x", "file part", size=OFFER_ID_LEN)
+    index = wire.field_int(fields, "i", "file part", lo=0, hi=MAX_RELAYED_SIZE // PART_SIZE)
+    data = wire.field_bytes(fields, "d", "file part", max_size=PART_SIZE)
+    if not data:
+        raise wire.WireError("file part.d is empty")
+    return offer_id, index, data
+
+
+def assemble(offer: Offer, parts: dict[int, bytes]) -> bytes:
+    """The file from all of its parts, checked against the offer (FileError)."""
+    if sorted(parts) != list(range(offer.parts)):
+        raise FileError("parts are missing")
+    data = b"".join(parts[i] for i in range(offer.parts))
+    sizes_ok = all(len(parts[i]) == PART_SIZE for i in range(offer.parts - 1))
+    if not sizes_ok or len(data) != offer.size or blake2b(data) != offer.file_hash:
+        raise FileError("the parts do not make the file the offer describes")
+    return data
+
+
+def part_bodies(offer: Offer, data: bytes) -> list[dict[wire.Key, wire.Value]]:
+    return [
+        {"x": offer.offer_id, "i": i, "d": data[i * PART_SIZE : (i + 1) * PART_SIZE]}
+        for i in range(offer.parts)
+    ]
+
+
 def new_offer(
-    name: str, size: int, file_hash: bytes, chunks: tuple[bytes, ...], data: bytes | None
+    name: str,
+    size: int,
+    file_hash: bytes,
+    chunks: tuple[bytes, ...],
+    data: bytes | None,
+    *,
+    in_parts: bool = False,
 ) -> Offer:
-    """An offer with fresh ids: inline when `data` (the whole file) is given."""
+    """An offer with fresh ids: inline when `data` (the whole file) is
+    given, in parts when asked, else fetched by chunks."""
     if data is not None:
         return Offer(os.urandom(OFFER_ID_LEN), safe_name(name), size, file_hash, inline=data)
+    if in_parts:
+        parts = -(-size // PART_SIZE)
+        return Offer(os.urandom(OFFER_ID_LEN), safe_name(name), size, file_hash, parts=parts)
     return Offer(
         os.urandom(OFFER_ID_LEN), safe_name(name), size, file_hash, chunks, os.urandom(KEY_LEN)
     )

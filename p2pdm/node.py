@@ -86,6 +86,7 @@ from p2pdm.store import (
     StoreError,
     group_fields,
     text_of_body,
+    vanish_after,
 )
 from p2pdm.transfer import FILE_PIECES_BUFFERED, MAX_FILE_REQUESTS, Transfers
 from p2pdm.transport import (
@@ -209,6 +210,9 @@ class NodeConfig:
     limits: TransportLimits = field(default_factory=TransportLimits)
     name: str | None = None
     """Display name (config `name`); shown in status, never sent to peers yet."""
+    relay_file_max: int = files.DEFAULT_RELAYED_SIZE
+    """Files up to this size are sent in parts that relays carry; larger
+    ones only directly (config `relay_file_kib`)."""
 
 
 # --- events for the local API -------------------------------------------------
@@ -821,6 +825,9 @@ class IncomingPush(Op):
                 request = not ctx.accepts(store, msg.sender)
                 ctx.events.append(("message", {**node.inbox_event(msg), "request": request}))
                 ctx.received += 1
+            elif msg.kind == MessageKind.FILE_PART:
+                ctx.receipts.setdefault(msg.sender, []).append(msg.message_id)
+                ctx.offered_by.add(msg.sender)  # the file may be complete now
             elif msg.kind in CHANGE_KINDS or msg.kind == MessageKind.TIMER:
                 ctx.receipts.setdefault(msg.sender, []).append(msg.message_id)
                 take_change(store, ctx, msg.sender, msg.kind, msg.body, msg.timestamp_ms)
@@ -911,23 +918,26 @@ class Receipts(Op):
 class SendFile(Enqueue):
     """A file offer, committed with what lets its recipient fetch the file."""
 
-    def __init__(self, to: NodeId, offer: files.Offer, file_hash: bytes | None) -> None:
+    def __init__(
+        self, to: NodeId, offer: files.Offer, data: bytes | None, file_hash: bytes | None
+    ) -> None:
         super().__init__([])
-        self.to, self.offer, self.file_hash = to, offer, file_hash
+        self.to, self.offer, self.data, self.file_hash = to, offer, data, file_hash
 
     def apply(self, store: Store, ctx: BatchContext) -> None:
         node = ctx.node
         expires = ctx.now_ms + node.config.ttl_ms
-        body = self.offer.body()
-        sealed, outer = envelope.seal_with_outer(
-            node.identity,
-            self.to,
-            MessageKind.FILE,
-            body,
-            timestamp_ms=ctx.now_ms,
-            expires_ms=expires,
-        )
-        self.rows.append((sealed, outer, int(MessageKind.FILE), body))
+        messages: list[tuple[MessageKind, wire.Value]] = [(MessageKind.FILE, self.offer.body())]
+        if self.offer.parts:
+            assert self.data is not None
+            parts = files.part_bodies(self.offer, self.data)
+            messages += [(MessageKind.FILE_PART, body) for body in parts]
+        for kind, body in messages:
+            sealed, outer = envelope.seal_with_outer(
+                node.identity, self.to, kind, body, timestamp_ms=ctx.now_ms, expires_ms=expires
+            )
+            self.rows.append((sealed, outer, int(kind), body))
+        outer = self.rows[0][1]
         if self.file_hash is not None:
             store.add_file_out(
                 self.offer.offer_id,
@@ -2291,6 +2301,9 @@ class Node:
             "kind": msg.kind,
             "text": text_of_body(msg.body),
         }
+        vanish = vanish_after(msg.kind, msg.body)
+        if vanish is not None:
+            event["vanish"] = (self.now_ms() + vanish) / 1000
         group_id, shared = group_fields(msg.kind, msg.body)
         if group_id is not None and shared is not None:
             event["group"], event["gm"] = group_id.hex(), shared.hex()
@@ -2309,14 +2322,13 @@ class Node:
         """Offer a file to `to`: small ones travel in the message (relays hold
         them), larger ones are fetched by the recipient from us directly.
         Returns the message id once committed; FileError or OSError say why not."""
-        offer, file_hash = await trio.to_thread.run_sync(self.transfers.stage, path)
-        op = SendFile(to, offer, file_hash)
+        offer, data, file_hash = await trio.to_thread.run_sync(self.transfers.stage, path)
+        op = SendFile(to, offer, data, file_hash)
         await self.committer.submit(op)
         await op.done.wait()
         if op.error is not None:
             raise StoreError(op.error)
-        [(_, outer, _, _)] = op.rows
-        return outer.message_id, offer
+        return op.rows[0][1].message_id, offer
 
     def files_offered(self, senders: set[NodeId]) -> None:
         """Offers from these peers were committed: fetch them (inline ones need no link)."""

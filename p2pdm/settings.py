@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from dataclasses import dataclass, replace
 from enum import Enum
 from typing import TYPE_CHECKING, Any
@@ -18,6 +19,20 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SETTINGS_KEY = "chat_settings"
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds from "30", "30s", "10m", "1h" or "7d" (ValueError says why not)."""
+    text = text.strip()
+    unit = _UNITS.get(text[-1:].lower(), 0)
+    try:
+        value = float(text[:-1] if unit else text) * (unit or 1)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{text!r}: give a duration such as 30, 10m, 1h or 7d, or off")
+    return value
 
 
 class AcceptPolicy(Enum):

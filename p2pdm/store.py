@@ -93,8 +93,12 @@ TEXT_KIND = 1
 READ_KIND = 3
 # A group message's kind: envelope.MessageKind.GROUP_TEXT (checked by the same test).
 GROUP_TEXT_KIND = 6
+# A file offer's kind: envelope.MessageKind.FILE (a test checks).
+FILE_KIND = 7
 # Kinds that change another message (envelope.CHANGE_KINDS; a test checks).
 REACTION_KIND, EDIT_KIND, DELETE_KIND = 8, 9, 10
+# A piece of a file sent in parts; its `ref` is the offer id.
+FILE_PART_KIND = 12
 # Newer group states kept per group until their sender's admin rights show up.
 MAX_PENDING_GROUP_STATES = 16
 # A call from a second thread waits this long for a running batch; longer
@@ -575,6 +579,9 @@ class ChatRow:
     """Unsent by its sender: the text is gone."""
     vanish_ms: int | None = None
     """A disappearing text: when it will be deleted."""
+    kind: int = TEXT_KIND
+    body: wire.Value = None
+    """A file offer's body (FILE_KIND rows only)."""
 
     @property
     def cursor(self) -> str:
@@ -742,6 +749,9 @@ def _ref_of(kind: int, body: wire.Value) -> bytes | None:
     if kind in (REACTION_KIND, EDIT_KIND, DELETE_KIND) and isinstance(body, dict):
         ref = body.get("ref")
         return ref if isinstance(ref, bytes) else None
+    if kind == FILE_PART_KIND and isinstance(body, dict):
+        offer = body.get("x")
+        return offer if isinstance(offer, bytes) else None
     return None
 
 
@@ -1318,6 +1328,30 @@ class Store:
             FileIn(r[0], r[1], NodeId(r[2]), _decode_body(r[3]), r[4], r[5], r[6], r[7])
             for r in rows
         ]
+
+    @_db
+    def file_parts(self, offer_id: bytes, sender: NodeId) -> dict[int, bytes]:
+        """The parts of a file in parts that have arrived, by index."""
+        rows = self._c().execute(
+            f"SELECT body FROM inbox WHERE ref = ? AND sender = ? AND kind = {FILE_PART_KIND}",
+            (offer_id, _check_node(sender)),
+        )
+        out: dict[int, bytes] = {}
+        for (blob,) in rows:
+            body = _decode_body(blob)
+            if isinstance(body, dict) and isinstance(body.get("i"), int):
+                data = body.get("d")
+                out[int(body["i"])] = data if isinstance(data, bytes) else b""  # type: ignore[arg-type]
+        return out
+
+    @_db
+    def drop_file_parts(self, offer_id: bytes, sender: NodeId) -> None:
+        """The file is assembled: its parts need not be kept twice."""
+        with self._write() as conn:
+            conn.execute(
+                f"DELETE FROM inbox WHERE ref = ? AND sender = ? AND kind = {FILE_PART_KIND}",
+                (offer_id, _check_node(sender)),
+            )
 
     @_db
     def file_progress(
@@ -2266,7 +2300,7 @@ class Store:
 
     @_db
     def conversation(self, peer: NodeId, limit: int, before: str | None = None) -> list[ChatRow]:
-        """The latest `limit` text messages with `peer`, both ways, oldest first.
+        """The latest `limit` texts and files with `peer`, both ways, oldest first.
 
         `before` is a row's `cursor`: the page then ends just before that row,
         so a view loads older history as its user scrolls up.
@@ -2288,12 +2322,13 @@ class Store:
             .execute(
                 "SELECT * FROM ("
                 " SELECT received_ms AS ms, 0 AS mine, seq, message_id, ts_ms, body, read,"
-                "  NULL AS state, 0 AS relayed_to, edited_ms, deleted, vanish_ms FROM inbox"
-                f"  WHERE sender = ? AND kind = {TEXT_KIND} AND (received_ms, 0, seq) < (?, ?, ?)"
+                "  NULL AS state, 0 AS relayed_to, edited_ms, deleted, vanish_ms, kind FROM inbox"
+                f"  WHERE sender = ? AND kind IN ({TEXT_KIND}, {FILE_KIND})"
+                "  AND (received_ms, 0, seq) < (?, ?, ?)"
                 " UNION ALL"
                 " SELECT created_ms, 1, seq, message_id, created_ms, body, 1, state, relayed_to,"
-                "  edited_ms, deleted, vanish_ms"
-                f"  FROM outbox WHERE recipient = ? AND kind = {TEXT_KIND}"
+                "  edited_ms, deleted, vanish_ms, kind"
+                f"  FROM outbox WHERE recipient = ? AND kind IN ({TEXT_KIND}, {FILE_KIND})"
                 "  AND (created_ms, 1, seq) < (?, ?, ?)"
                 ") ORDER BY ms DESC, mine DESC, seq DESC LIMIT ?",
                 (key, *bound, key, *bound, limit),
@@ -2315,6 +2350,8 @@ class Store:
                 edited_ms=r[9],
                 deleted=bool(r[10]),
                 vanish_ms=r[11],
+                kind=r[12],
+                body=_decode_body(r[5]) if r[12] == FILE_KIND else None,
             )
             for r in rows
         ]

@@ -32,6 +32,7 @@ from p2pdm.files import CHUNK_SIZE, FileError, Offer
 from p2pdm.session import FileDataReceived, FileMissingReceived, SessionError
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from pathlib import Path
 
     from p2pdm.node import Node, PeerLink
@@ -77,11 +78,12 @@ class Transfers:
 
     # --- sending ----------------------------------------------------------------
 
-    def stage(self, source: Path) -> tuple[Offer, bytes | None]:
-        """Read a file the user sends (in a worker thread): a small one is
-        taken whole (inline), a larger one copied under files/.sent while
-        hashed, so what is offered is what was hashed. Returns the offer
-        and, for an inline one, None; else the copy's hash."""
+    def stage(self, source: Path) -> tuple[Offer, bytes | None, bytes | None]:
+        """Read a file the user sends (in a worker thread): one up to the
+        relay cap is taken whole (inline, or in parts), a larger one copied
+        under files/.sent while hashed, so what is offered is what was
+        hashed. Returns the offer, the data of an inline or parts one, and
+        the hash of a fetched one's copy."""
         if not source.is_file():
             raise FileError(f"{source} is not a readable file")
         size = source.stat().st_size
@@ -89,12 +91,17 @@ class Transfers:
             raise FileError(
                 f"{source.name} is {size:,} bytes; the limit is {files.MAX_FILE_SIZE:,}"
             )
-        if size <= files.MAX_INLINE_SIZE:
-            data = source.read_bytes()
-            if len(data) > files.MAX_INLINE_SIZE:
+        whole_max = max(self.node.config.relay_file_max, files.MAX_INLINE_SIZE)
+        if size <= whole_max:
+            with source.open("rb") as f:
+                data = f.read(whole_max + 1)
+            if len(data) > whole_max:
                 raise FileError(f"{source.name} grew while it was read; try again")
-            offer = files.new_offer(source.name, len(data), files.blake2b(data), (), data)
-            return offer, None
+            digest = files.blake2b(data)
+            if len(data) <= files.MAX_INLINE_SIZE:
+                return files.new_offer(source.name, len(data), digest, (), data), data, None
+            offer = files.new_offer(source.name, len(data), digest, (), None, in_parts=True)
+            return offer, data, None
         self.sent_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         tmp = self.sent_dir / f".tmp-{os.urandom(8).hex()}"
         whole, chunks, total = files.hasher(), [], 0
@@ -113,7 +120,8 @@ class Transfers:
             os.replace(tmp, self.sent_dir / file_hash.hex())
         finally:
             tmp.unlink(missing_ok=True)
-        return files.new_offer(source.name, total, file_hash, tuple(chunks), None), file_hash
+        offer = files.new_offer(source.name, total, file_hash, tuple(chunks), None)
+        return offer, None, file_hash
 
     # --- serving ----------------------------------------------------------------
 
@@ -169,14 +177,35 @@ class Transfers:
     # --- fetching ---------------------------------------------------------------
 
     async def run(self) -> None:
-        """Node task: finish inline files as they arrive (no link needed)."""
+        """Node task: finish files that came in their messages, inline or in
+        parts (no link needed), as they arrive."""
         node = self.node
         while True:
             self.inline_wake = trio.Event()
             for entry in await node.store_call(node.store.files_in):
-                if files.parse_offer(entry.offer).inline is not None:
-                    await self.finish_inline(entry)
+                offer = files.parse_offer(entry.offer)
+                if offer.inline is not None:
+                    await self.finish_inline(entry, offer.inline)
+                elif offer.parts:
+                    await self._assemble(entry, offer)
             await self.inline_wake.wait()
+
+    async def _assemble(self, entry: FileIn, offer: Offer) -> None:
+        """A file in parts: once every part is here, check it and finish it."""
+        node = self.node
+        parts = await node.store_call(node.store.file_parts, offer.offer_id, entry.sender)
+        have = sum(len(p) for p in parts.values())
+        if len(parts) < offer.parts:
+            self._progress(entry, offer, min(have, offer.size), "fetching")
+            return
+        try:
+            data = files.assemble(offer, parts)
+        except FileError as exc:
+            await self._record(offer, failed=str(exc))
+            self._progress(entry, offer, have, "failed", reason=str(exc))
+            return
+        drop = functools.partial(node.store.drop_file_parts, offer.offer_id, entry.sender)
+        await self.finish_inline(entry, data, then=drop)
 
     async def fetch(self, link: PeerLink) -> None:
         """Fetch every file this peer offered us that is not complete yet."""
@@ -186,7 +215,7 @@ class Transfers:
             fetching = functools.partial(node.store.files_in, sender=link.peer)
             for entry in await node.store_call(fetching):
                 offer = files.parse_offer(entry.offer)
-                if offer.inline is None:
+                if offer.chunks:
                     await self._fetch_one(link, entry, offer)
             await link.fetch_wake.wait()
 
@@ -224,6 +253,7 @@ class Transfers:
         have: set[int] = set()
         failures: Counter[int] = Counter()
         synced = held
+        due = 0  # answers (a whole chunk, or FNONE) still to come
         while held < offer.chunks:
             frames = []
             while asked < offer.chunks and asked - held < FETCH_WINDOW:
@@ -231,11 +261,12 @@ class Transfers:
                 asked += 1
             if frames:
                 await link.conn.send_many(frames)
+                due += len(frames)
             event = await link.file_pieces.receive()
             if event.offer_id != offer.offer_id or not held <= event.index < asked:
                 raise SessionError("file data that was not asked for")
             if isinstance(event, FileMissingReceived):
-                await self._drain(link, offer, asked - held - len(have) - 1)
+                await self._drain(link, offer, due - 1)
                 raise FetchStopped(f"the sender cannot serve it: {event.reason}")
             buf = pieces.setdefault(event.index, bytearray())
             if event.offset != len(buf):
@@ -244,6 +275,7 @@ class Transfers:
             if len(buf) < event.total:
                 continue
             del pieces[event.index]
+            due -= 1
             try:
                 plain = files.open_chunk(offer, event.index, bytes(buf))
             except FileError as exc:
@@ -252,6 +284,7 @@ class Transfers:
                 if failures[event.index] >= MAX_CHUNK_FAILURES:
                     raise SenderLied(f"{exc}, {MAX_CHUNK_FAILURES} times") from None
                 await link.conn.send(link.session.file_get_frame(offer.offer_id, event.index))
+                due += 1
                 continue
             await trio.to_thread.run_sync(_write_at, f, event.index * CHUNK_SIZE, plain)
             have.add(event.index)
@@ -276,17 +309,21 @@ class Transfers:
             ):
                 answers -= 1
 
-    async def finish_inline(self, entry: FileIn) -> None:
-        """An inline file came in its message: write it out and finish it."""
+    async def finish_inline(
+        self, entry: FileIn, data: bytes, then: Callable[[], object] | None = None
+    ) -> None:
+        """A file that came in messages (checked): write it out and finish it."""
         offer = files.parse_offer(entry.offer)
-        assert offer.inline is not None
         self.partial_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         part = self.partial_dir / f"{offer.offer_id.hex()}.part"
-        await trio.to_thread.run_sync(_write_whole, part, offer.inline)
-        await self._finish(entry, offer, part)
+        await trio.to_thread.run_sync(_write_whole, part, data)
+        await self._finish(entry, offer, part, then)
 
-    async def _finish(self, entry: FileIn, offer: Offer, part: Path) -> None:
-        """Check the whole file, move it into files/, and tell the sender."""
+    async def _finish(
+        self, entry: FileIn, offer: Offer, part: Path, then: Callable[[], object] | None = None
+    ) -> None:
+        """Check the whole file, move it into files/, and tell the sender.
+        `then` is a store call to make once the file is recorded as done."""
         node = self.node
         actual = await trio.to_thread.run_sync(_hash_file, part)
         if actual != offer.file_hash:
@@ -297,6 +334,8 @@ class Transfers:
             return
         path = await trio.to_thread.run_sync(self._place, part, offer.name)
         await self._record(offer, done_path=str(path))
+        if then is not None:
+            await self.node.store_call(then)
         self._progress(entry, offer, offer.size, "done", path=str(path))
         await node.file_complete(entry.sender, entry.message_id)
 

@@ -6,4 +6,4 @@ repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 bash "$repo/scripts/setup-venv.sh" test
 cd "$repo"
 P2PDM_SCREENSHOT_DIR="$repo/docs/screenshots" \
-    exec .venv/bin/python -m pytest -q tests/test_chat_app.py -k request_to_read
+    exec .venv/bin/python -m pytest -q tests/test_chat_app.py -k "request_to_read or edits_reactions"

@@ -13,6 +13,7 @@ import os
 from typing import TYPE_CHECKING
 
 from textual import events
+from textual.widgets import Input
 
 from p2pdm import chat
 from p2pdm.chat import ChatApp
@@ -130,6 +131,66 @@ async def conversation(a: NodeProcess, b: NodeProcess, a_id: str, b_id: str) -> 
         await until(app_b, lambda: app_b.sidebar_lines == [f"● {a_id[:10]} (1)"], "unread")
         app_b.post_message(events.AppFocus())
         await until(app_a, lambda: app_a.shown_messages()[-1].endswith("✓✓ read"), "read")
+
+
+def test_edits_reactions_files_timers_and_groups_in_the_chat(
+    two_nodes: tuple[NodeProcess, NodeProcess, str, str], tmp_path: Path
+) -> None:
+    a, b, a_id, b_id = two_nodes
+    notes = tmp_path / "notes.txt"
+    notes.write_bytes(b"minutes of the meeting\n" * 500)
+    asyncio.run(changes(a, b, a_id, b_id, notes))
+
+
+async def submit(pilot: Pilot[int], app: ChatApp, line: str) -> None:
+    """Type a line into the input (emoji too) and press Enter."""
+    app.query_one("#input", Input).value = line
+    await pilot.press("enter")
+
+
+async def changes(a: NodeProcess, b: NodeProcess, a_id: str, b_id: str, notes: Path) -> None:
+    app_a, app_b = ChatApp(a.api, b_id), ChatApp(b.api, a_id)
+    async with app_a.run_test(size=SIZE) as pa, app_b.run_test(size=SIZE) as pb:
+        await until(app_a, lambda: app_a.peer == b_id, "a's conversation with b")
+        await until(app_b, lambda: app_b.peer == a_id, "b's conversation with a")
+        last_b = lambda: app_b.shown_messages()[-1] if app_b.shown_messages() else ""  # noqa: E731
+        last_a = lambda: app_a.shown_messages()[-1] if app_a.shown_messages() else ""  # noqa: E731
+
+        await submit(pa, app_a, "helo")
+        await until(app_b, lambda: last_b().endswith(": helo"), "the text on b's screen")
+        await submit(pa, app_a, "/edit hello")
+        await until(app_b, lambda: last_b().endswith(": hello (edited)"), "the edit")
+        await submit(pb, app_b, "/react 👍")
+        await until(app_a, lambda: "hello (edited)  👍" in last_a(), "the reaction")
+        await submit(pa, app_a, "/unsend")
+        await until(app_b, lambda: last_b().endswith(": message unsent"), "the unsend")
+        await until(app_a, lambda: ": message unsent" in last_a(), "unsent on a's side")
+
+        await submit(pa, app_a, "/timer 1h")
+        await until(app_b, lambda: "⏱ 1h" in app_b.title_line, "the timer on b's side")
+        await submit(pb, app_b, "this one disappears")
+        await until(app_a, lambda: last_a().endswith("this one disappears"), "arrived")
+        assert "⏱" in last_a()
+
+        await submit(pa, app_a, f"/file {notes}")
+        saved = "saved as notes.txt"
+        await until(app_b, lambda: "📎 notes.txt (11 KiB)" in last_b(), "the file offer")
+        await until(app_b, lambda: saved in last_b(), "the file saved")
+        await until(app_a, lambda: "✓✓" in last_a(), "the file delivered (or read)")
+        screenshot(app_b, "chat-changes")
+
+        await submit(pa, app_a, f"/group team {b_id}")
+        await until(app_a, lambda: app_a.title_line.startswith("# team"), "a's group open")
+        await submit(pa, app_a, "hi team")
+        await until(app_a, lambda: last_a().endswith("✓✓ 1/1 delivered"), "delivered to b")
+        await until(app_b, lambda: "# team" in app_b.sidebar_lines, "the group in b's list")
+        # A group message is not shown in the 1:1 conversation.
+        assert not any("hi team" in line for line in app_b.shown_messages())
+        group_id = next(iter(app_b.groups))
+        await app_b.open_conversation(chat.GROUP_PREFIX + group_id)
+        await until(app_b, lambda: last_b().endswith("hi team"), "the group message on b's screen")
+        assert a_id[:10] in last_b()
+        screenshot(app_b, "chat-group")
 
 
 def test_history_loads_older_pages_when_scrolled_to_the_top(

@@ -37,6 +37,8 @@ def test_text_kind_matches_envelope() -> None:
     assert store.TEXT_KIND == MessageKind.TEXT
     assert store.READ_KIND == MessageKind.READ
     assert store.GROUP_TEXT_KIND == MessageKind.GROUP_TEXT
+    assert store.FILE_KIND == MessageKind.FILE
+    assert store.FILE_PART_KIND == MessageKind.FILE_PART
     assert (store.REACTION_KIND, store.EDIT_KIND, store.DELETE_KIND) == (
         MessageKind.REACTION,
         MessageKind.EDIT,

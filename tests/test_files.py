@@ -84,7 +84,7 @@ async def start(nursery: trio.Nursery, home: Home, *bootstrap: Any, relay: bool 
 async def test_a_file_is_fetched_checked_and_then_delivered(tmp_path: Path) -> None:
     a_home, b_home = Home(tmp_path, "a"), Home(tmp_path, "b")
     source = tmp_path / "report.pdf"
-    data = write(source, 3 * CHUNK_SIZE + 123)
+    data = write(source, 12 * CHUNK_SIZE + 123)  # over the relay cap: fetched
     with trio.fail_after(DEADLINE):
         async with trio.open_nursery() as nursery:
             b = await start(nursery, b_home)
@@ -110,10 +110,14 @@ async def test_a_file_is_fetched_checked_and_then_delivered(tmp_path: Path) -> N
             nursery.cancel_scope.cancel()
 
 
-async def test_a_small_file_reaches_an_offline_peer_through_a_relay(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("size", "parts"), [(20_000, 0), (300_000, 7)])
+async def test_a_file_under_the_relay_cap_reaches_an_offline_peer_through_a_relay(
+    tmp_path: Path, size: int, parts: int
+) -> None:
+    """Inline (one envelope) or in 48 KiB parts: relays carry it like mail."""
     a_home, r_home, b_home = Home(tmp_path, "a"), Home(tmp_path, "r"), Home(tmp_path, "b")
-    source = tmp_path / "note.txt"
-    data = write(source, 20_000)
+    source = tmp_path / "photo.jpg"
+    data = write(source, size)
     with trio.fail_after(DEADLINE):
         async with trio.open_nursery() as nursery:
             r = await start(nursery, r_home)
@@ -121,16 +125,39 @@ async def test_a_small_file_reaches_an_offline_peer_through_a_relay(tmp_path: Pa
                 a = await start(a_scope, a_home, r.bound[0], relay=False)
                 a_events = a.events.subscribe()
                 mid, offer = await a.send_file(b_home.id, source)
-                assert offer.inline == data
-                await next_event(a_events, "relayed")
+                assert (offer.parts, offer.inline == data) == (parts, not parts)
+                kinds = sorted(row.kind for row in a.store.outbox())
+                assert kinds == [7] + [12] * parts
+                for _ in range(1 + parts):
+                    await next_event(a_events, "relayed")
                 a_scope.cancel_scope.cancel()
+            assert r.store.relay_usage()[0] == 1 + parts
             b = await start(nursery, b_home, r.bound[0], relay=False)
             b_events = b.events.subscribe()
             while (event := await next_event(b_events, "file"))["state"] != "done":
-                pass
+                assert event["received"] < len(data)
             assert event["id"] == mid.hex()
-            assert (tmp_path / "b" / "files" / "note.txt").read_bytes() == data
+            assert (tmp_path / "b" / "files" / "photo.jpg").read_bytes() == data
+            # The parts are not kept twice, and are not listed as messages.
+            assert [m.kind for m in b.store.inbox()] == [7]
             nursery.cancel_scope.cancel()
+
+
+def test_parts_must_make_the_offered_file() -> None:
+    data = os.urandom(100_000)
+    offer = files.new_offer("a.bin", len(data), files.blake2b(data), (), None, in_parts=True)
+    assert offer.parts == 3
+    assert files.parse_offer(wire.decode(wire.encode(offer.body()))) == offer
+    parts = {i: files.parse_part(body)[2] for i, body in enumerate(files.part_bodies(offer, data))}
+    assert files.assemble(offer, parts) == data
+    with pytest.raises(FileError, match="missing"):
+        files.assemble(offer, {0: parts[0], 1: parts[1]})
+    with pytest.raises(FileError, match="do not make the file"):
+        files.assemble(offer, {**parts, 2: parts[2][:-1] + b"!"})
+    body = offer.body()
+    body["parts"] = 4
+    with pytest.raises(wire.WireError, match="are 3 parts"):
+        files.parse_offer(body)
 
 
 async def test_a_corrupted_chunk_is_detected_and_fetched_again(tmp_path: Path) -> None:
@@ -166,7 +193,7 @@ async def test_a_sender_that_keeps_lying_is_disconnected_and_nothing_is_kept(
 ) -> None:
     a_home, b_home = Home(tmp_path, "a"), Home(tmp_path, "b")
     source = tmp_path / "big.bin"
-    write(source, 2 * CHUNK_SIZE)
+    write(source, 5 * CHUNK_SIZE)
     with trio.fail_after(DEADLINE):
         async with trio.open_nursery() as nursery:
             b = await start(nursery, b_home)
@@ -232,3 +259,25 @@ def test_a_50_mib_file_resumes_after_the_receiver_is_killed(tmp_path: Path) -> N
         b.close()
         if b2 is not None:
             b2.close()
+
+
+async def test_a_file_the_sender_no_longer_has_fails_with_the_reason(tmp_path: Path) -> None:
+    a_home, b_home = Home(tmp_path, "a"), Home(tmp_path, "b")
+    source = tmp_path / "gone.bin"
+    write(source, 6 * CHUNK_SIZE)
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as nursery:
+            a = await start(nursery, a_home)
+            mid, _ = await a.send_file(b_home.id, source)
+            for copy in (tmp_path / "a" / "files" / ".sent").iterdir():
+                copy.unlink()  # the sender's copy is lost
+            b = await start(nursery, b_home, a.bound[0])
+            b_events = b.events.subscribe()
+            event = await next_event(b_events, "file")
+            assert (event["state"], event["id"]) == ("failed", mid.hex())
+            assert "no longer on the sender's node" in event["reason"]
+            # The link is fine: the other answers were read, and a text still goes.
+            [text] = await a.send_texts(b_home.id, ["still talking"])
+            await until(b_events, ("message", {"id": text.hex()}))
+            assert b.links[a_home.id].opened.is_set()
+            nursery.cancel_scope.cancel()
