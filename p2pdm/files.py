@@ -30,15 +30,11 @@ import os
 import re
 import unicodedata
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import nacl.exceptions
 import nacl.secret
 
 from p2pdm import wire
-
-if TYPE_CHECKING:
-    from pathlib import Path
 
 CHUNK_SIZE = 256 * 1024
 MAX_FILE_SIZE = 100 * 1024 * 1024
@@ -64,12 +60,19 @@ class FileError(ValueError):
     """A file that cannot be sent or an offer that is not valid; says why."""
 
 
-def blake2b(data: bytes) -> bytes:
+def chunk_hash(data: bytes) -> bytes:
+    """A chunk's name (personalised: a chunk hash is never a file hash)."""
     return hashlib.blake2b(data, digest_size=HASH_LEN, person=_PERSON).digest()
 
 
-def hasher() -> hashlib.blake2b:
-    return hashlib.blake2b(digest_size=HASH_LEN, person=_PERSON)
+def file_hash(data: bytes) -> bytes:
+    """A whole file's BLAKE2b-256, plain, so `b2sum -l 256 FILE` shows the same."""
+    return hashlib.blake2b(data, digest_size=HASH_LEN).digest()
+
+
+def file_hasher() -> hashlib.blake2b:
+    """`file_hash` of data fed in pieces."""
+    return hashlib.blake2b(digest_size=HASH_LEN)
 
 
 @dataclass(frozen=True)
@@ -118,14 +121,14 @@ def parse_offer(body: wire.Value) -> Offer:
     if safe_name(name) != name:
         raise wire.WireError("file.name must be a plain file name")
     size = wire.field_int(fields, "size", "file", lo=0, hi=MAX_FILE_SIZE)
-    file_hash = wire.field_bytes(fields, "h", "file", size=HASH_LEN)
+    digest = wire.field_bytes(fields, "h", "file", size=HASH_LEN)
     if "d" in fields:
         if "ch" in fields or "k" in fields:
             raise wire.WireError("an inline file has no chunks or key")
         data = wire.field_bytes(fields, "d", "file", max_size=MAX_INLINE_SIZE)
-        if len(data) != size or blake2b(data) != file_hash:
+        if len(data) != size or file_hash(data) != digest:
             raise wire.WireError("inline file data does not match its size and hash")
-        return Offer(offer_id, name, size, file_hash, inline=data)
+        return Offer(offer_id, name, size, digest, inline=data)
     if "parts" in fields:
         if len(fields) != 5:
             raise wire.WireError("a file in parts has no chunks, key or data")
@@ -136,7 +139,7 @@ def parse_offer(body: wire.Value) -> Offer:
         parts = wire.field_int(fields, "parts", "file", lo=1, hi=MAX_RELAYED_SIZE // PART_SIZE)
         if parts != -(-size // PART_SIZE):
             raise wire.WireError(f"{size} bytes are {-(-size // PART_SIZE)} parts, not {parts}")
-        return Offer(offer_id, name, size, file_hash, parts=parts)
+        return Offer(offer_id, name, size, digest, parts=parts)
     if "ch" not in fields or "k" not in fields:
         raise wire.WireError("a fetched file lists its chunk hashes and key")
     key = wire.field_bytes(fields, "k", "file", size=KEY_LEN)
@@ -147,7 +150,7 @@ def parse_offer(body: wire.Value) -> Offer:
     if not all(isinstance(h, bytes) and len(h) == HASH_LEN for h in chunk_list):
         raise wire.WireError(f"file.ch holds {HASH_LEN}-byte hashes")
     hashes = tuple(h for h in chunk_list if isinstance(h, bytes))
-    return Offer(offer_id, name, size, file_hash, hashes, key)
+    return Offer(offer_id, name, size, digest, hashes, key)
 
 
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f/\\:]")
@@ -159,19 +162,6 @@ def safe_name(name: str) -> str:
     name = unicodedata.normalize("NFC", name)
     name = _UNSAFE.sub("_", name).strip().lstrip(".")
     return name[:MAX_NAME_LEN] or "file"
-
-
-def describe(path: Path) -> tuple[int, bytes, tuple[bytes, ...]]:
-    """Size, hash and chunk hashes of a file, reading it once."""
-    size = path.stat().st_size
-    if size > MAX_FILE_SIZE:
-        raise FileError(f"{path.name} is {size:,} bytes; the limit is {MAX_FILE_SIZE:,}")
-    whole, chunks = hasher(), []
-    with path.open("rb") as f:
-        while block := f.read(CHUNK_SIZE):
-            whole.update(block)
-            chunks.append(blake2b(block))
-    return size, whole.digest(), tuple(chunks)
 
 
 def parse_part(body: wire.Value) -> tuple[bytes, int, bytes]:
@@ -191,7 +181,7 @@ def assemble(offer: Offer, parts: dict[int, bytes]) -> bytes:
         raise FileError("parts are missing")
     data = b"".join(parts[i] for i in range(offer.parts))
     sizes_ok = all(len(parts[i]) == PART_SIZE for i in range(offer.parts - 1))
-    if not sizes_ok or len(data) != offer.size or blake2b(data) != offer.file_hash:
+    if not sizes_ok or len(data) != offer.size or file_hash(data) != offer.file_hash:
         raise FileError("the parts do not make the file the offer describes")
     return data
 
@@ -206,7 +196,7 @@ def part_bodies(offer: Offer, data: bytes) -> list[dict[wire.Key, wire.Value]]:
 def new_offer(
     name: str,
     size: int,
-    file_hash: bytes,
+    digest: bytes,
     chunks: tuple[bytes, ...],
     data: bytes | None,
     *,
@@ -215,12 +205,12 @@ def new_offer(
     """An offer with fresh ids: inline when `data` (the whole file) is
     given, in parts when asked, else fetched by chunks."""
     if data is not None:
-        return Offer(os.urandom(OFFER_ID_LEN), safe_name(name), size, file_hash, inline=data)
+        return Offer(os.urandom(OFFER_ID_LEN), safe_name(name), size, digest, inline=data)
     if in_parts:
         parts = -(-size // PART_SIZE)
-        return Offer(os.urandom(OFFER_ID_LEN), safe_name(name), size, file_hash, parts=parts)
+        return Offer(os.urandom(OFFER_ID_LEN), safe_name(name), size, digest, parts=parts)
     return Offer(
-        os.urandom(OFFER_ID_LEN), safe_name(name), size, file_hash, chunks, os.urandom(KEY_LEN)
+        os.urandom(OFFER_ID_LEN), safe_name(name), size, digest, chunks, os.urandom(KEY_LEN)
     )
 
 
@@ -239,6 +229,6 @@ def open_chunk(offer: Offer, index: int, sealed: bytes) -> bytes:
         plain = nacl.secret.SecretBox(offer.key).decrypt(sealed, _nonce(index))
     except nacl.exceptions.CryptoError:
         raise FileError(f"chunk {index} does not decrypt under the offer's key") from None
-    if len(plain) != offer.chunk_len(index) or blake2b(plain) != offer.chunk_hashes[index]:
+    if len(plain) != offer.chunk_len(index) or chunk_hash(plain) != offer.chunk_hashes[index]:
         raise FileError(f"chunk {index} does not match its hash")
     return plain
