@@ -324,7 +324,7 @@ class Api:
     async def edit(self, request: Request) -> Response:
         [message_id] = _message_ids([request.params["id"]], 1)
         body = request.json()
-        if not isinstance(body, dict) or not isinstance(body.get("text"), str):
+        if not isinstance(body, dict) or set(body) != {"text"}:
             raise ApiError(400, 'body must be {"text": NEW_TEXT}')
         [text] = _texts(body)
         return await self._changed(self.node.change_own_text(message_id, text))
@@ -655,6 +655,7 @@ class Api:
         if name is not None and not isinstance(name, str):
             raise ApiError(400, "name must be text")
         row = await self._store(self.node.store.add_contact, node_id, name, self.node.now_ms())
+        self.node.files_offered({node_id})  # files from a new contact are fetched now
         return json_response({"id": str(row.node_id), "name": row.name}, status=201)
 
     async def remove_contact(self, request: Request) -> Response:

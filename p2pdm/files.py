@@ -43,7 +43,9 @@ HASH_LEN = 32
 OFFER_ID_LEN = 16
 KEY_LEN = nacl.secret.SecretBox.KEY_SIZE
 MAC_LEN = nacl.secret.SecretBox.MACBYTES
-MAX_NAME_LEN = 255
+# A name's UTF-8 bytes: file systems allow 255, and a taken name gets a
+# " (n)" before its extension, so offers stay well under.
+MAX_NAME_BYTES = 200
 # Inline files ride in one envelope (whose limit is ~59 KiB with the rest of
 # the message); relays hold them like any message. A file in parts uses
 # envelopes of the same size.
@@ -53,6 +55,7 @@ PART_SIZE = MAX_INLINE_SIZE
 # fetched directly; a node's setting, within MAX_RELAYED_SIZE.
 DEFAULT_RELAYED_SIZE = 1024 * 1024
 MAX_RELAYED_SIZE = 16 * 1024 * 1024
+MAX_PARTS = -(-MAX_RELAYED_SIZE // PART_SIZE)
 _PERSON = b"p2pdm-file"
 
 
@@ -117,7 +120,7 @@ def parse_offer(body: wire.Value) -> Offer:
         body, "file", required={"x", "name", "size", "h"}, optional={"ch", "k", "d", "parts"}
     )
     offer_id = wire.field_bytes(fields, "x", "file", size=OFFER_ID_LEN)
-    name = wire.field_text(fields, "name", "file", max_len=MAX_NAME_LEN)
+    name = wire.field_text(fields, "name", "file", max_len=MAX_NAME_BYTES)
     if safe_name(name) != name:
         raise wire.WireError("file.name must be a plain file name")
     size = wire.field_int(fields, "size", "file", lo=0, hi=MAX_FILE_SIZE)
@@ -136,7 +139,7 @@ def parse_offer(body: wire.Value) -> Offer:
             raise wire.WireError(
                 f"a file in parts is over {MAX_INLINE_SIZE} bytes, at most {MAX_RELAYED_SIZE}"
             )
-        parts = wire.field_int(fields, "parts", "file", lo=1, hi=MAX_RELAYED_SIZE // PART_SIZE)
+        parts = wire.field_int(fields, "parts", "file", lo=1, hi=MAX_PARTS)
         if parts != -(-size // PART_SIZE):
             raise wire.WireError(f"{size} bytes are {-(-size // PART_SIZE)} parts, not {parts}")
         return Offer(offer_id, name, size, digest, parts=parts)
@@ -158,17 +161,20 @@ _UNSAFE = re.compile(r"[\x00-\x1f\x7f/\\:]")
 
 def safe_name(name: str) -> str:
     """A name that is one plain file name anywhere: no folders, no controls,
-    not hidden, not empty. Offers must carry names already like this."""
+    not hidden, not empty, at most MAX_NAME_BYTES in UTF-8. Offers must
+    carry names already like this."""
     name = unicodedata.normalize("NFC", name)
     name = _UNSAFE.sub("_", name).strip().lstrip(".")
-    return name[:MAX_NAME_LEN] or "file"
+    # Cut by bytes, never inside a character.
+    name = name.encode()[:MAX_NAME_BYTES].decode(errors="ignore").strip()
+    return name or "file"
 
 
 def parse_part(body: wire.Value) -> tuple[bytes, int, bytes]:
     """A FILE_PART message body: (offer id, index, data); raises wire.WireError."""
     fields = wire.as_map(body, "file part", required={"x", "i", "d"})
     offer_id = wire.field_bytes(fields, "x", "file part", size=OFFER_ID_LEN)
-    index = wire.field_int(fields, "i", "file part", lo=0, hi=MAX_RELAYED_SIZE // PART_SIZE)
+    index = wire.field_int(fields, "i", "file part", lo=0, hi=MAX_PARTS - 1)
     data = wire.field_bytes(fields, "d", "file part", max_size=PART_SIZE)
     if not data:
         raise wire.WireError("file part.d is empty")

@@ -79,6 +79,7 @@ from p2pdm.settings import AcceptPolicy, ChatSettings
 from p2pdm.store import (
     AcceptResult,
     AddressSource,
+    MessageRef,
     Queued,
     RelayQuota,
     RelayResult,
@@ -515,6 +516,7 @@ class SendTexts(Enqueue):
         if self.rows:
             store.accept_peer(self.to, ctx.now_ms)  # writing to someone accepts them
             ctx.accepted.pop(self.to, None)
+            ctx.offered_by.add(self.to)  # so files it offered us are fetched now
             ctx.vanishing = ctx.vanishing or bool(self.vanish_ms)
 
 
@@ -528,19 +530,25 @@ class SendChange(Enqueue):
         kind: MessageKind,
         body: dict[wire.Key, wire.Value],
         effect: Callable[[Store, BatchContext], object],
+        vanish_ms: int | None = None,
     ) -> None:
         super().__init__([])
         self.to, self.kind, self.body, self.effect = to, kind, body, effect
+        self.vanish_ms = vanish_ms
+        """The message it changes disappears then: the change expires no later."""
 
     def apply(self, store: Store, ctx: BatchContext) -> None:
         node = ctx.node
+        expires = ctx.now_ms + node.config.ttl_ms
+        if self.vanish_ms is not None:
+            expires = max(ctx.now_ms + 1, min(expires, self.vanish_ms))
         sealed, outer = envelope.seal_with_outer(
             node.identity,
             self.to,
             self.kind,
             self.body,
             timestamp_ms=ctx.now_ms,
-            expires_ms=ctx.now_ms + node.config.ttl_ms,
+            expires_ms=expires,
         )
         self.rows.append((sealed, outer, int(self.kind), self.body))
         self.effect(store, ctx)
@@ -617,14 +625,11 @@ class ChangeGroup(GroupOp):
                 raise ValueError("this node is no longer a member of that group")
             if not current.is_admin(me):
                 raise ValueError("only a group admin can change it")
-            members = (set(current.members) | self.add) - self.remove
-            admins = (set(current.admins) | self.new_admins) & members
-            if not admins:
-                raise ValueError("a group keeps at least one admin")
-            name = current.name if self.name is None else self.name
-            new = groups.make_state(self.group_id, current.version + 1, name, members, admins)
+            new = current.changed(
+                name=self.name, add=self.add, remove=self.remove, admins=self.new_admins
+            )
             old_members = current.members
-        store.save_group(new.group_id, new.version, new.encoded(), new.is_member(me), ctx.now_ms)
+        groups.keep_own(store, me, new, ctx.now_ms)
         self.state = new
         to = dict.fromkeys(old_members + new.members)  # ordered, no repeats
         self._seal_to(ctx.node, to, MessageKind.GROUP, new.body(), ctx.now_ms)
@@ -825,12 +830,15 @@ class IncomingPush(Op):
                 request = not ctx.accepts(store, msg.sender)
                 ctx.events.append(("message", {**node.inbox_event(msg), "request": request}))
                 ctx.received += 1
+                _early_changes(store, ctx, msg)
             elif msg.kind == MessageKind.FILE_PART:
                 ctx.receipts.setdefault(msg.sender, []).append(msg.message_id)
                 ctx.offered_by.add(msg.sender)  # the file may be complete now
             elif msg.kind in CHANGE_KINDS or msg.kind == MessageKind.TIMER:
                 ctx.receipts.setdefault(msg.sender, []).append(msg.message_id)
-                take_change(store, ctx, msg.sender, msg.kind, msg.body, msg.timestamp_ms)
+                take_change(
+                    store, ctx, msg.message_id, msg.sender, msg.kind, msg.body, msg.timestamp_ms
+                )
             elif msg.kind == MessageKind.GROUP:
                 ctx.receipts.setdefault(msg.sender, []).append(msg.message_id)
                 me = node.identity.node_id
@@ -844,9 +852,7 @@ class IncomingPush(Op):
                 ctx.received += 1
                 if msg.kind == MessageKind.TEXT:
                     ctx.vanishing = ctx.vanishing or isinstance(msg.body, dict)
-                    # An edit or unsend that overtook its message applies now.
-                    for kind, body, ts in store.early_changes(msg.message_id, msg.sender):
-                        take_change(store, ctx, msg.sender, kind, body, ts)
+                    _early_changes(store, ctx, msg)
         elif result is AcceptResult.DUPLICATE:
             self.status = AckStatus.DUPLICATE
             ctx.duplicates += 1
@@ -868,33 +874,52 @@ class IncomingPush(Op):
 
 
 def take_change(
-    store: Store, ctx: BatchContext, sender: NodeId, kind: int, body: Any, ts_ms: int
+    store: Store,
+    ctx: BatchContext,
+    change_id: bytes,
+    sender: NodeId,
+    kind: int,
+    body: Any,
+    ts_ms: int,
 ) -> None:
-    """A peer's reaction, edit, unsend or timer, inside the batch. Edits and
-    unsends touch only the sender's own texts to us; one whose text has not
-    arrived yet stays in the inbox and applies when it does."""
+    """A peer's reaction, edit, unsend or timer (`change_id`), inside the
+    batch. A reaction counts on a message of the conversation with its
+    sender; edits and unsends only on the sender's own texts to us. One
+    whose message has not arrived yet stays in the inbox and applies when
+    it does (it can only be one from the same sender); an applied or
+    refused one keeps nothing of what it said."""
     if kind == MessageKind.TIMER:
-        if store.set_timer(sender, body["after"], ts_ms):
+        # Latest wins, by the sender's clock but never ahead of ours: a
+        # clock running fast must not pin the setting.
+        if store.set_timer(sender, body["after"], min(ts_ms, ctx.now_ms)):
             ctx.events.append(("timer", {"peer": str(sender), "after": body["after"] / 1000}))
         return
     ref: bytes = body["ref"]
-    target = store.text_message(ref)
+    target = store.conversation_message(ref)
+    if target is None:
+        return  # kept until its message comes (or it expires)
+    store.settle_change(change_id)
+    if target.peer != sender or target.deleted:
+        return  # another conversation's message, or one unsent
     if kind == MessageKind.REACTION:
-        # Only on a message of the conversation with the reactor.
-        if (target is None or target[1] == sender) and store.set_reaction(
-            ref, sender, body["e"], ts_ms
-        ):
+        if store.set_reaction(ref, sender, body["e"], min(ts_ms, ctx.now_ms)):
             ctx.events.append(
                 ("reaction", {"id": ref.hex(), "by": str(sender), "emoji": body["e"]})
             )
         return
-    if target is None or target[0] or target[1] != sender:
-        return  # not yet here (kept), or not the sender's message to change
+    if target.mine or target.kind != MessageKind.TEXT:
+        return  # only the sender's own texts are theirs to change
     text = body["t"] if kind == MessageKind.EDIT else None
     if store.change_text(ref, mine=False, author=sender, text=text, ts_ms=ts_ms):
         name = "edited" if text is not None else "deleted"
         event = {"id": ref.hex(), "by": str(sender)} | ({"text": text} if text else {})
         ctx.events.append((name, event))
+
+
+def _early_changes(store: Store, ctx: BatchContext, msg: envelope.Message) -> None:
+    """Changes that overtook this message (through relays) apply now."""
+    for change_id, kind, body, ts in store.early_changes(msg.message_id, msg.sender):
+        take_change(store, ctx, change_id, msg.sender, kind, body, ts)
 
 
 def _complete(store: Store, msg: envelope.Message) -> bool:
@@ -923,6 +948,7 @@ class SendFile(Enqueue):
     ) -> None:
         super().__init__([])
         self.to, self.offer, self.data, self.file_hash = to, offer, data, file_hash
+        self.invalid: str | None = None
 
     def apply(self, store: Store, ctx: BatchContext) -> None:
         node = ctx.node
@@ -932,11 +958,16 @@ class SendFile(Enqueue):
             assert self.data is not None
             parts = files.part_bodies(self.offer, self.data)
             messages += [(MessageKind.FILE_PART, body) for body in parts]
-        for kind, body in messages:
-            sealed, outer = envelope.seal_with_outer(
-                node.identity, self.to, kind, body, timestamp_ms=ctx.now_ms, expires_ms=expires
-            )
-            self.rows.append((sealed, outer, int(kind), body))
+        try:
+            for kind, body in messages:
+                sealed, outer = envelope.seal_with_outer(
+                    node.identity, self.to, kind, body, timestamp_ms=ctx.now_ms, expires_ms=expires
+                )
+                self.rows.append((sealed, outer, int(kind), body))
+        except ValueError as exc:  # an offer the format cannot carry: this op only
+            self.invalid = str(exc)
+            self.rows.clear()
+            return
         outer = self.rows[0][1]
         if self.file_hash is not None:
             store.add_file_out(
@@ -951,6 +982,7 @@ class SendFile(Enqueue):
         super().apply(store, ctx)
         store.accept_peer(self.to, ctx.now_ms)  # writing to someone accepts them
         ctx.accepted.pop(self.to, None)
+        ctx.offered_by.add(self.to)  # so files it offered us are fetched now
 
 
 class AckOutcome(Op):
@@ -2128,6 +2160,7 @@ class Node:
             expired = await self.store_call(self.store.expire_outbox, now)
             purged = await self.store_call(self.store.purge_expired, now)
             purged += await self.store_call(self.store.purge_relay, now)
+            purged += await self.store_call(self.store.purge_unmatched, now)
             if expired or purged:
                 log.info(
                     "housekeeping: %d outbox messages expired, %d ids forgotten", expired, purged
@@ -2185,6 +2218,7 @@ class Node:
         self.settings = new
         if turned_off:
             await self._withdraw_read_receipts(None)
+        self.files_offered(set(self.links))  # whom we accept may have changed
         return new
 
     async def set_blocked(self, peer: NodeId, blocked: bool) -> None:
@@ -2193,6 +2227,8 @@ class Node:
         await self.store_call(self.store.set_blocked, peer, blocked, self.now_ms())
         if blocked:
             await self._withdraw_read_receipts(peer)
+        else:
+            self.files_offered({peer})
 
     async def _withdraw_read_receipts(self, peer: NodeId | None) -> None:
         ids = set(await self.store_call(self.store.withdraw_read_receipts, peer))
@@ -2204,6 +2240,7 @@ class Node:
     async def accept_peer(self, peer: NodeId) -> bool:
         """The user accepts `peer`'s message request (makes it a contact)."""
         added: bool = await self.store_call(self.store.accept_peer, peer, self.now_ms())
+        self.files_offered({peer})  # its files waited for this
         return added
 
     async def mark_read(self, ids: list[bytes], peer: NodeId | None = None) -> list[bytes]:
@@ -2328,10 +2365,13 @@ class Node:
         await op.done.wait()
         if op.error is not None:
             raise StoreError(op.error)
+        if op.invalid is not None:
+            raise files.FileError(op.invalid)
         return op.rows[0][1].message_id, offer
 
     def files_offered(self, senders: set[NodeId]) -> None:
-        """Offers from these peers were committed: fetch them (inline ones need no link)."""
+        """Offers from these peers were committed, or they were accepted:
+        fetch their files (inline and parts ones need no link)."""
         self.transfers.inline_wake.set()
         for sender in senders:
             link = self.links.get(sender)
@@ -2350,15 +2390,18 @@ class Node:
         if op.error is not None:
             raise StoreError(op.error)
 
-    async def _text(self, message_id: bytes) -> tuple[bool, NodeId, bool]:
-        found = await self.store_call(self.store.text_message, message_id)
-        if found is None or found[2]:
+    async def _message(self, message_id: bytes) -> MessageRef:
+        found: MessageRef | None = await self.store_call(
+            self.store.conversation_message, message_id
+        )
+        if found is None or found.deleted:
             raise ValueError("no such message (or it was unsent)")
-        return found  # type: ignore[no-any-return]
+        return found
 
     async def react(self, message_id: bytes, emoji: str) -> None:
-        """React to a text of a conversation ("" takes the reaction back)."""
-        _, peer, _ = await self._text(message_id)
+        """React to a text or file of a conversation ("" takes it back)."""
+        target = await self._message(message_id)
+        peer = target.peer
         me = self.identity.node_id
         if len(emoji) > envelope.MAX_REACTION_LEN or (emoji and not emoji.strip()):
             raise ValueError(
@@ -2370,13 +2413,15 @@ class Node:
             ctx.events.append(("reaction", {"id": message_id.hex(), "by": str(me), "emoji": emoji}))
 
         body: dict[wire.Key, wire.Value] = {"ref": message_id, "e": emoji}
-        await self._send_change(SendChange(peer, MessageKind.REACTION, body, effect))
+        change = SendChange(peer, MessageKind.REACTION, body, effect, target.vanish_ms)
+        await self._send_change(change)
 
     async def change_own_text(self, message_id: bytes, text: str | None) -> None:
         """Edit (`text`) or unsend (None) one of our texts, on both sides."""
-        mine, peer, _ = await self._text(message_id)
-        if not mine:
-            raise ValueError("only your own messages can be edited or unsent")
+        target = await self._message(message_id)
+        peer = target.peer
+        if not target.mine or target.kind != MessageKind.TEXT:
+            raise ValueError("only your own texts can be edited or unsent")
         if text is not None and not 0 < len(text) <= envelope.MAX_TEXT_LEN:
             raise ValueError(f"an edit is 1 to {envelope.MAX_TEXT_LEN} characters")
         me = self.identity.node_id
@@ -2391,10 +2436,12 @@ class Node:
         kind = MessageKind.DELETE
         if text is not None:
             kind, body["t"] = MessageKind.EDIT, text
-        await self._send_change(SendChange(peer, kind, body, effect))
+        await self._send_change(SendChange(peer, kind, body, effect, target.vanish_ms))
 
     async def set_timer(self, peer: NodeId, after_ms: int) -> None:
         """Set the disappearing-message timer of a conversation, for both sides."""
+        if peer == self.identity.node_id:
+            raise ValueError("that is this node's own id")
         if after_ms and not envelope.MIN_DISAPPEAR_MS <= after_ms <= envelope.MAX_DISAPPEAR_MS:
             raise ValueError(
                 f"the timer is off (0) or {envelope.MIN_DISAPPEAR_MS // 1000} s to "

@@ -99,8 +99,11 @@ FILE_KIND = 7
 REACTION_KIND, EDIT_KIND, DELETE_KIND = 8, 9, 10
 # A piece of a file sent in parts; its `ref` is the offer id.
 FILE_PART_KIND = 12
-# Newer group states kept per group until their sender's admin rights show up.
-MAX_PENDING_GROUP_STATES = 16
+# Changes kept aside until their parent comes: per sender, and per group.
+MAX_PENDING_PER_SENDER = 4
+MAX_PENDING_GROUP_STATES = 64
+# Group states kept below the newest version (older parents are history).
+GROUP_HISTORY = 64
 # A call from a second thread waits this long for a running batch; longer
 # than any batch takes even on a slow disk, so hitting it means a stuck caller.
 LOCK_WAIT_S = 60.0
@@ -291,8 +294,17 @@ MIGRATIONS: tuple[str, ...] = (
         member INTEGER NOT NULL CHECK (member IN (0, 1)),
         updated_ms INTEGER NOT NULL
     ) WITHOUT ROWID;
-    -- Newer states from senders not (yet) admins of the one we hold: tried
-    -- again after each change we take. Bounded per group by the store.
+    -- Every valid state known of a group (two admins may change one parent
+    -- at once), to check the parents of changes that come later.
+    CREATE TABLE group_states (
+        group_id BLOB NOT NULL CHECK (length(group_id) = 16),
+        digest BLOB NOT NULL,
+        version INTEGER NOT NULL,
+        state BLOB NOT NULL,
+        PRIMARY KEY (group_id, digest)
+    ) WITHOUT ROWID;
+    -- Changes whose parent is not known yet: tried again after each state
+    -- taken. Bounded per sender and per group by the store.
     CREATE TABLE group_pending (
         id INTEGER PRIMARY KEY,
         group_id BLOB NOT NULL CHECK (length(group_id) = 16),
@@ -346,6 +358,9 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE outbox ADD COLUMN deleted INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE outbox ADD COLUMN vanish_ms INTEGER;
     CREATE INDEX inbox_by_ref ON inbox (ref) WHERE ref IS NOT NULL;
+    -- A file part's index: one row per part of an offer from its sender.
+    ALTER TABLE inbox ADD COLUMN part INTEGER;
+    CREATE UNIQUE INDEX inbox_file_part ON inbox (ref, sender, part) WHERE kind = 12;
     CREATE INDEX inbox_vanish ON inbox (vanish_ms) WHERE vanish_ms IS NOT NULL;
     CREATE INDEX outbox_vanish ON outbox (vanish_ms) WHERE vanish_ms IS NOT NULL;
     -- Each person's latest reaction to a message (ours too).
@@ -493,6 +508,18 @@ class InboxRow:
     read: bool
     group: bytes | None = None
     """A group message's group id."""
+
+
+@dataclass(frozen=True)
+class MessageRef:
+    """A text or file of a 1:1 conversation, as changes refer to it."""
+
+    mine: bool
+    peer: NodeId
+    """The other side: its recipient (ours) or its sender (theirs)."""
+    deleted: bool
+    vanish_ms: int | None
+    kind: int
 
 
 @dataclass(frozen=True)
@@ -752,6 +779,12 @@ def _ref_of(kind: int, body: wire.Value) -> bytes | None:
     if kind == FILE_PART_KIND and isinstance(body, dict):
         offer = body.get("x")
         return offer if isinstance(offer, bytes) else None
+    return None
+
+
+def _part_of(kind: int, body: wire.Value) -> int | None:
+    if kind == FILE_PART_KIND and isinstance(body, dict) and isinstance(body.get("i"), int):
+        return int(body["i"])  # type: ignore[arg-type]
     return None
 
 
@@ -1172,8 +1205,9 @@ class Store:
     def keep_pending_group_state(
         self, group_id: bytes, sender: NodeId, state: bytes, now_ms: int
     ) -> None:
-        """Keep a newer state whose sender is not an admin yet; the oldest go
-        past MAX_PENDING_GROUP_STATES a group."""
+        """Keep a change whose parent is not known yet; past
+        MAX_PENDING_PER_SENDER for its sender or MAX_PENDING_GROUP_STATES for
+        the group, the oldest go (one member cannot push out everyone's)."""
         with self._write() as conn:
             conn.execute(
                 "INSERT INTO group_pending (group_id, sender, state, received_ms)"
@@ -1181,10 +1215,38 @@ class Store:
                 (group_id, _check_node(sender), state, _check_ms(now_ms, "now_ms")),
             )
             conn.execute(
+                "DELETE FROM group_pending WHERE group_id = ? AND sender = ? AND id NOT IN"
+                " (SELECT id FROM group_pending WHERE group_id = ? AND sender = ?"
+                " ORDER BY id DESC LIMIT ?)",
+                (group_id, sender.public_key, group_id, sender.public_key, MAX_PENDING_PER_SENDER),
+            )
+            conn.execute(
                 "DELETE FROM group_pending WHERE group_id = ? AND id NOT IN"
                 " (SELECT id FROM group_pending WHERE group_id = ? ORDER BY id DESC LIMIT ?)",
                 (group_id, group_id, MAX_PENDING_GROUP_STATES),
             )
+
+    @_db
+    def add_group_state(self, group_id: bytes, digest: bytes, version: int, state: bytes) -> None:
+        """Keep a valid state of a group; those GROUP_HISTORY versions below
+        the newest go."""
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO group_states (group_id, digest, version, state) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT DO NOTHING",
+                (group_id, digest, version, state),
+            )
+            conn.execute(
+                "DELETE FROM group_states WHERE group_id = ? AND version <"
+                " (SELECT max(version) FROM group_states WHERE group_id = ?) - ?",
+                (group_id, group_id, GROUP_HISTORY),
+            )
+
+    @_db
+    def group_states(self, group_id: bytes) -> list[bytes]:
+        """Every valid state kept of a group (canonical CBOR bodies)."""
+        rows = self._c().execute("SELECT state FROM group_states WHERE group_id = ?", (group_id,))
+        return [bytes(r[0]) for r in rows]
 
     @_db
     def take_pending_group_states(self, group_id: bytes) -> list[tuple[NodeId, bytes]]:
@@ -1329,19 +1391,44 @@ class Store:
             for r in rows
         ]
 
+    @staticmethod
+    def _has_part(
+        conn: sqlite3.Connection, offer_id: bytes | None, sender: bytes, part: int
+    ) -> bool:
+        row = conn.execute(
+            "SELECT 1 FROM inbox WHERE ref = ? AND sender = ? AND part = ?"
+            f" AND kind = {FILE_PART_KIND}",
+            (offer_id, sender, part),
+        ).fetchone()
+        return row is not None
+
+    @_db
+    def count_file_parts(self, offer_id: bytes, sender: NodeId) -> tuple[int, int]:
+        """How many parts of a file in parts have arrived, and their bytes so far."""
+        row = (
+            self._c()
+            .execute(
+                f"SELECT count(*), coalesce(sum(length(body)), 0) FROM inbox"
+                f" WHERE ref = ? AND sender = ? AND kind = {FILE_PART_KIND}",
+                (offer_id, _check_node(sender)),
+            )
+            .fetchone()
+        )
+        return int(row[0]), int(row[1])
+
     @_db
     def file_parts(self, offer_id: bytes, sender: NodeId) -> dict[int, bytes]:
         """The parts of a file in parts that have arrived, by index."""
         rows = self._c().execute(
-            f"SELECT body FROM inbox WHERE ref = ? AND sender = ? AND kind = {FILE_PART_KIND}",
+            "SELECT part, body FROM inbox WHERE ref = ? AND sender = ?"
+            f" AND kind = {FILE_PART_KIND}",
             (offer_id, _check_node(sender)),
         )
         out: dict[int, bytes] = {}
-        for (blob,) in rows:
+        for part, blob in rows:
             body = _decode_body(blob)
-            if isinstance(body, dict) and isinstance(body.get("i"), int):
-                data = body.get("d")
-                out[int(body["i"])] = data if isinstance(data, bytes) else b""  # type: ignore[arg-type]
+            data = body.get("d") if isinstance(body, dict) else None
+            out[int(part)] = data if isinstance(data, bytes) else b""
         return out
 
     @_db
@@ -1387,20 +1474,30 @@ class Store:
     # --- reactions, edits, unsends, disappearing texts -------------------------
 
     @_db
-    def text_message(self, message_id: bytes) -> tuple[bool, NodeId, bool] | None:
-        """A text message by id, either way: (mine, the other person, deleted)."""
+    def conversation_message(self, message_id: bytes) -> MessageRef | None:
+        """A text or file of a 1:1 conversation by id, either way."""
         conn = self._c()
-        row = conn.execute(
-            f"SELECT recipient, deleted FROM outbox WHERE message_id = ? AND kind = {TEXT_KIND}",
-            (_check_id(message_id),),
-        ).fetchone()
-        if row is not None:
-            return True, NodeId(row[0]), bool(row[1])
-        row = conn.execute(
-            f"SELECT sender, deleted FROM inbox WHERE message_id = ? AND kind = {TEXT_KIND}",
-            (message_id,),
-        ).fetchone()
-        return None if row is None else (False, NodeId(row[0]), bool(row[1]))
+        kinds = f"({TEXT_KIND}, {FILE_KIND})"
+        for table, who, mine in (("outbox", "recipient", True), ("inbox", "sender", False)):
+            row = conn.execute(
+                f"SELECT {who}, deleted, vanish_ms, kind FROM {table}"
+                f" WHERE message_id = ? AND kind IN {kinds}",
+                (_check_id(message_id),),
+            ).fetchone()
+            if row is not None:
+                return MessageRef(mine, NodeId(row[0]), bool(row[1]), row[2], row[3])
+        return None
+
+    @_db
+    def settle_change(self, message_id: bytes) -> None:
+        """A received change (reaction, edit, unsend) was applied, or refused:
+        keep its row (a copy that comes again is a duplicate that gets a
+        receipt) but not what it said, and not as waiting for its target."""
+        with self._write() as conn:
+            conn.execute(
+                "UPDATE inbox SET body = ?, ref = NULL WHERE message_id = ?",
+                (wire.encode({}), _check_id(message_id)),
+            )
 
     @_db
     def change_text(
@@ -1442,15 +1539,29 @@ class Store:
             return True
 
     @_db
-    def early_changes(self, message_id: bytes, sender: NodeId) -> list[tuple[int, wire.Value, int]]:
-        """Edits and unsends from `sender` that arrived before their target:
-        (kind, body, ts) oldest first."""
+    def early_changes(
+        self, message_id: bytes, sender: NodeId
+    ) -> list[tuple[bytes, int, wire.Value, int]]:
+        """Reactions, edits and unsends from `sender` that arrived before
+        their target: (change id, kind, body, ts) oldest first."""
         rows = self._c().execute(
-            f"SELECT kind, body, ts_ms FROM inbox WHERE ref = ? AND sender = ?"
-            f" AND kind IN ({EDIT_KIND}, {DELETE_KIND}) ORDER BY ts_ms, seq",
+            f"SELECT message_id, kind, body, ts_ms FROM inbox WHERE ref = ? AND sender = ?"
+            f" AND kind IN ({REACTION_KIND}, {EDIT_KIND}, {DELETE_KIND}) ORDER BY ts_ms, seq",
             (_check_id(message_id), _check_node(sender)),
         )
-        return [(r[0], _decode_body(r[1]), r[2]) for r in rows]
+        return [(r[0], r[1], _decode_body(r[2]), r[3]) for r in rows]
+
+    @_db
+    def purge_unmatched(self, now_ms: int) -> int:
+        """Forget changes and file parts whose target or offer never came,
+        once they expire (a text that vanished, or a peer that sent them alone)."""
+        with self._write() as conn:
+            cur = conn.execute(
+                f"DELETE FROM inbox WHERE kind IN ({REACTION_KIND}, {EDIT_KIND}, {DELETE_KIND},"
+                f" {FILE_PART_KIND}) AND ref IS NOT NULL AND expires_ms <= ?",
+                (_check_ms(now_ms, "now_ms"),),
+            )
+            return cur.rowcount
 
     @_db
     def set_reaction(self, target: bytes, reactor: NodeId, emoji: str, ts_ms: int) -> bool:
@@ -1525,7 +1636,8 @@ class Store:
             self._c()
             .execute(
                 "SELECT min(t) FROM (SELECT min(vanish_ms) AS t FROM inbox"
-                " UNION ALL SELECT min(vanish_ms) FROM outbox)"
+                " WHERE vanish_ms IS NOT NULL UNION ALL SELECT min(vanish_ms) FROM outbox"
+                " WHERE vanish_ms IS NOT NULL)"
             )
             .fetchone()
         )
@@ -1589,6 +1701,7 @@ class Store:
             seen = self._ids_in(conn, "seen", ids)
             contacts: dict[bytes, tuple[int] | None] = {}
             seen_rows, inbox_rows, search_rows = [], [], []
+            parts: set[tuple[bytes | None, bytes, int]] = set()
             for i, (msg, data) in enumerate(messages):
                 if results[i] is not None:
                     continue
@@ -1604,6 +1717,15 @@ class Store:
                 if (contact is not None and contact[0]) or (contact is None and not strangers):
                     results[i] = AcceptResult.BLOCKED
                     continue
+                part = _part_of(msg.kind, msg.body)
+                if part is not None:
+                    # One row per part of an offer: another envelope with
+                    # the same part (a peer flooding us) is a duplicate.
+                    key = (_ref_of(msg.kind, msg.body), sender, part)
+                    if key in parts or self._has_part(conn, *key):
+                        results[i] = AcceptResult.DUPLICATE
+                        continue
+                    parts.add(key)
                 inbox_rows.append(
                     (
                         message_id,
@@ -1618,17 +1740,18 @@ class Store:
                         group_fields(msg.kind, msg.body)[0],
                         _ref_of(msg.kind, msg.body),
                         _plus(now_ms, vanish_after(msg.kind, msg.body)),
+                        part,
                     )
                 )
                 text = text_of_body(msg.body)
-                if msg.kind in (TEXT_KIND, GROUP_TEXT_KIND) and text is not None:
+                if msg.kind == TEXT_KIND and text is not None:
                     search_rows.append((text, sender, message_id))
                 results[i] = AcceptResult.STORED
             conn.executemany("INSERT INTO seen (message_id, expires_ms) VALUES (?, ?)", seen_rows)
             conn.executemany(
                 "INSERT INTO inbox (message_id, sender, recipient, ts_ms, expires_ms,"
-                " received_ms, kind, body, envelope, grp, ref, vanish_ms)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " received_ms, kind, body, envelope, grp, ref, vanish_ms, part)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 inbox_rows,
             )
             conn.executemany(
@@ -1745,7 +1868,7 @@ class Store:
             if peer is not None:
                 rows = conn.execute(
                     "UPDATE inbox SET read = 1 WHERE sender = ? AND read = 0"
-                    f" AND kind = {TEXT_KIND} RETURNING message_id, seq",
+                    f" AND kind IN ({TEXT_KIND}, {FILE_KIND}) RETURNING message_id, seq",
                     (_check_node(peer),),
                 ).fetchall()
                 changed[peer] = [r[0] for r in sorted(rows, key=lambda r: r[1])]

@@ -19,6 +19,7 @@ docs/PROTOCOL.md, "Files".
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -33,7 +34,7 @@ from p2pdm.session import FileDataReceived, FileMissingReceived, SessionError
 
 if TYPE_CHECKING:
     import hashlib
-    from collections.abc import Callable
+    from collections.abc import AsyncIterator, Callable
     from pathlib import Path
 
     from p2pdm.node import Node, PeerLink
@@ -180,26 +181,65 @@ class Transfers:
 
     async def run(self) -> None:
         """Node task: finish files that came in their messages, inline or in
-        parts (no link needed), as they arrive."""
+        parts (no link needed), as they arrive, from accepted senders."""
         node = self.node
+        await self._forget_stale_partials()
         while True:
             self.inline_wake = trio.Event()
             for entry in await node.store_call(node.store.files_in):
                 offer = files.parse_offer(entry.offer)
-                if offer.inline is not None:
-                    await self.finish_inline(entry, offer.inline)
-                elif offer.parts:
-                    await self._assemble(entry, offer)
+                if not offer.chunks and await self._wanted(entry):
+                    async with self._failing_on_disk_errors(entry, offer):
+                        if offer.inline is not None:
+                            await self.finish_inline(entry, offer.inline)
+                        else:
+                            await self._assemble(entry, offer)
             await self.inline_wake.wait()
+
+    async def _wanted(self, entry: FileIn) -> bool:
+        """Files are saved only from accepted senders (not from a message
+        request, not from a blocked peer): one from a stranger waits until
+        the user accepts them."""
+        node = self.node
+        accepted: bool = await node.store_call(node.accepts, node.store, entry.sender)
+        return accepted
+
+    @contextlib.asynccontextmanager
+    async def _failing_on_disk_errors(self, entry: FileIn, offer: Offer) -> AsyncIterator[None]:
+        """A file that cannot be written (disk full, a name the file system
+        refuses) fails, with the reason; the node goes on."""
+        try:
+            yield
+        except OSError as exc:
+            log.warning("cannot save %s: %s", offer.name, exc)
+            reason = f"cannot save it: {exc.strerror or exc}"
+            await self._record(offer, failed=reason)
+            self._progress(entry, offer, 0, "failed", reason=reason)
+
+    async def _forget_stale_partials(self) -> None:
+        """Partial files of fetches that ended (a crash after the end was
+        recorded) are deleted at start."""
+        node = self.node
+        fetching = {e.offer_id.hex() for e in await node.store_call(node.store.files_in)}
+
+        def sweep() -> None:
+            if self.partial_dir.is_dir():
+                for part in self.partial_dir.glob("*.part"):
+                    if part.stem not in fetching:
+                        part.unlink(missing_ok=True)
+
+        await trio.to_thread.run_sync(sweep)
 
     async def _assemble(self, entry: FileIn, offer: Offer) -> None:
         """A file in parts: once every part is here, check it and finish it."""
         node = self.node
-        parts = await node.store_call(node.store.file_parts, offer.offer_id, entry.sender)
-        have = sum(len(p) for p in parts.values())
-        if len(parts) < offer.parts:
+        count, have = await node.store_call(
+            node.store.count_file_parts, offer.offer_id, entry.sender
+        )
+        if count < offer.parts:
             self._progress(entry, offer, min(have, offer.size), "fetching")
             return
+        parts = await node.store_call(node.store.file_parts, offer.offer_id, entry.sender)
         try:
             data = files.assemble(offer, parts)
         except FileError as exc:
@@ -217,8 +257,9 @@ class Transfers:
             fetching = functools.partial(node.store.files_in, sender=link.peer)
             for entry in await node.store_call(fetching):
                 offer = files.parse_offer(entry.offer)
-                if offer.chunks:
-                    await self._fetch_one(link, entry, offer)
+                if offer.chunks and await self._wanted(entry):
+                    async with self._failing_on_disk_errors(entry, offer):
+                        await self._fetch_one(link, entry, offer)
             await link.fetch_wake.wait()
 
     async def _fetch_one(self, link: PeerLink, entry: FileIn, offer: Offer) -> None:
@@ -338,6 +379,8 @@ class Transfers:
         node = self.node
         path = await trio.to_thread.run_sync(self._place, part, offer.name)
         await self._record(offer, done_path=str(path))
+        # Only now: a crash before the end was recorded finds it again.
+        await trio.to_thread.run_sync(functools.partial(part.unlink, missing_ok=True))
         if then is not None:
             await self.node.store_call(then)
         self._progress(entry, offer, offer.size, "done", path=str(path))
@@ -358,15 +401,18 @@ class Transfers:
         await node.store_call(record, offer.offer_id, node.now_ms())
 
     def _place(self, part: Path, name: str) -> Path:
-        """Move a checked file to files/<name>, not over an existing one."""
+        """Link a checked file in as files/<name>, not over another file
+        (the same file already linked, by a run cut off before it recorded
+        the end, is taken as is)."""
         stem, dot, ext = name.rpartition(".") if "." in name[1:] else (name, "", "")
         for n in range(10_000):
             candidate = self.root / (name if n == 0 else f"{stem} ({n}){dot}{ext}")
             try:
                 os.link(part, candidate)  # fails if the name is taken: no race
             except FileExistsError:
+                if os.path.samefile(part, candidate):
+                    return candidate
                 continue
-            part.unlink()
             return candidate
         raise OSError(f"no free name for {name} in {self.root}")
 

@@ -26,6 +26,7 @@ import importlib.metadata
 import json
 import os
 import platform
+import re
 import socket
 import sqlite3
 import statistics
@@ -148,6 +149,10 @@ MESH_LABELS: dict[str, tuple[str, str]] = {
 }
 
 
+# bench_files.py's figures: what, and the file size in MiB.
+_FILES_FIGURE = re.compile(r"(throughput|peak_rss_sender|peak_rss_receiver)_(\d+)mib_.*")
+
+
 def label_of(name: str) -> tuple[str, str] | None:
     """What a figure is and its unit; None for those only in the JSON report."""
     if name in LABELS:
@@ -156,8 +161,13 @@ def label_of(name: str) -> tuple[str, str] | None:
     if parts[0] == "mesh" and len(parts) == 3 and parts[2] in MESH_LABELS:
         label, unit = MESH_LABELS[parts[2]]
         return f"{parts[1][1:]} nodes: {label}", unit
-    if parts[0] == "files":  # its script names figures plainly
-        return parts[1].replace("_", " "), ""
+    if parts[0] == "files" and len(parts) == 2:
+        found = _FILES_FIGURE.fullmatch(parts[1])
+        if found:
+            what, size = found.groups()
+            if what == "throughput":
+                return f"files: {size} MiB, API accept to checked file", "MiB/s"
+            return f"files: {what[9:]} peak RSS, {size} MiB file", "MiB"
     return None
 
 
@@ -200,6 +210,9 @@ def order(name: str) -> tuple[int, int, str]:
     parts = name.split(".")
     if parts[0] == "mesh" and len(parts) == 3 and parts[2] in mesh:
         return (len(known), int(parts[1][1:]) * 100 + mesh.index(parts[2]), "")
+    found = _FILES_FIGURE.fullmatch(parts[-1]) if parts[0] == "files" else None
+    if found:  # by file size
+        return (len(known) + 1, int(found.group(2)), name)
     return (len(known) + 1, 0, name)
 
 
@@ -348,6 +361,8 @@ def ceilings(figs: dict[str, dict[str, float]], loopback: float) -> dict[str, tu
     for name, fig in figs.items():
         if name.endswith("_bytes_per_s"):
             out[name] = (fig["median"] / loopback, "TCP loopback bandwidth")
+        elif name.endswith("_mib_per_s"):
+            out[name] = (fig["median"] * 2**20 / loopback, "TCP loopback bandwidth")
     return out
 
 

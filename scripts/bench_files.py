@@ -42,7 +42,7 @@ def write_random(path: Path, size: int) -> None:
 def one_transfer(root: Path, size_mib: int) -> tuple[float, float, float]:
     """MiB/s, and peak RSS of sender and receiver in MiB."""
     a_home, b_home = root / "a", root / "b"
-    init_home(a_home)
+    a_id = init_home(a_home)
     b_id = init_home(b_home)
     source = root / "payload.bin"
     write_random(source, size_mib * MIB)
@@ -51,6 +51,7 @@ def one_transfer(root: Path, size_mib: int) -> tuple[float, float, float]:
     try:
         b.start()
         a.wait_connected(b_id)
+        b.api.post("/v1/contacts", {"id": a_id})  # files are fetched from contacts
         with b.api.events("/v1/events") as events:
             started = time.perf_counter()
             answer = a.api.post("/v1/files", {"to": b_id, "path": str(source)})

@@ -208,13 +208,14 @@ def test_receipts_are_not_listed_as_a_conversation_nor_marked_read(db: Store) ->
 
 
 UNDO_SCHEMA_5 = (
-    " DROP TABLE groups; DROP TABLE group_pending;"
+    " DROP TABLE groups; DROP TABLE group_pending; DROP TABLE group_states;"
     " DROP INDEX inbox_by_group; DROP INDEX outbox_by_group;"
     " ALTER TABLE inbox DROP COLUMN grp; ALTER TABLE outbox DROP COLUMN grp;"
     " ALTER TABLE outbox DROP COLUMN gm;"
     " DROP TABLE files_out; DROP TABLE files_in;"
     " DROP TABLE reactions; DROP TABLE timers;"
     " DROP INDEX inbox_by_ref; DROP INDEX inbox_vanish; DROP INDEX outbox_vanish;"
+    " DROP INDEX inbox_file_part; ALTER TABLE inbox DROP COLUMN part;"
     " ALTER TABLE inbox DROP COLUMN ref; ALTER TABLE inbox DROP COLUMN edited_ms;"
     " ALTER TABLE inbox DROP COLUMN deleted; ALTER TABLE inbox DROP COLUMN vanish_ms;"
     " ALTER TABLE outbox DROP COLUMN edited_ms; ALTER TABLE outbox DROP COLUMN deleted;"

@@ -8,6 +8,9 @@ import shutil
 import subprocess
 from typing import TYPE_CHECKING
 
+import pytest
+
+from p2pdm.apiclient import ApiRequestError
 from tests.nodeproc import NodeProcess, cli, json_lines, wait_event
 
 if TYPE_CHECKING:
@@ -51,7 +54,8 @@ def test_groups_from_the_command_line(
 def test_a_file_from_the_command_line(
     two_nodes: tuple[NodeProcess, NodeProcess, str, str], tmp_path: Path
 ) -> None:
-    a, b, _, b_id = two_nodes
+    a, b, a_id, b_id = two_nodes
+    ok(cli(b.home, "contacts", "add", a_id))  # files are fetched from contacts
     source = tmp_path / "slides.pdf"
     data = bytes(range(256)) * 4096 * 3  # 3 MiB
     source.write_bytes(data)
@@ -99,3 +103,10 @@ def test_edit_react_unsend_and_timer_from_the_command_line(
     assert (row["text"], row["deleted"]) == (None, True)
     assert cli(b.home, "edit", mid, "x").returncode == 2
     assert cli(a.home, "timer", b_id, "soon").returncode == 2
+    for path, body in (
+        (f"/v1/messages/{mid}/edit", {"text": "a", "texts": ["b", "c"]}),
+        (f"/v1/conversations/{a_id}/timer", {"seconds": 60}),  # a's own id
+    ):
+        with pytest.raises(ApiRequestError) as refused:
+            a.api.post(path, body)
+        assert refused.value.status == 400

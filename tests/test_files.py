@@ -88,6 +88,7 @@ async def test_a_file_is_fetched_checked_and_then_delivered(tmp_path: Path) -> N
     with trio.fail_after(DEADLINE):
         async with trio.open_nursery() as nursery:
             b = await start(nursery, b_home)
+            await b.accept_peer(a_home.id)  # files come only from accepted peers
             b_events = b.events.subscribe()
             a = await start(nursery, a_home, b.bound[0])
             a_events = a.events.subscribe()
@@ -133,6 +134,7 @@ async def test_a_file_under_the_relay_cap_reaches_an_offline_peer_through_a_rela
                 a_scope.cancel_scope.cancel()
             assert r.store.relay_usage()[0] == 1 + parts
             b = await start(nursery, b_home, r.bound[0], relay=False)
+            await b.accept_peer(a_home.id)  # files come only from accepted peers
             b_events = b.events.subscribe()
             while (event := await next_event(b_events, "file"))["state"] != "done":
                 assert event["received"] < len(data)
@@ -158,6 +160,69 @@ def test_parts_must_make_the_offered_file() -> None:
     body["parts"] = 4
     with pytest.raises(wire.WireError, match="are 3 parts"):
         files.parse_offer(body)
+    # The largest file a node may send in parts fits the format.
+    biggest = files.new_offer("b", files.MAX_RELAYED_SIZE, bytes(32), (), None, in_parts=True)
+    assert files.parse_offer(biggest.body()).parts == files.MAX_PARTS == 342
+
+
+async def test_a_strangers_file_waits_until_the_user_accepts_them(tmp_path: Path) -> None:
+    a_home, b_home = Home(tmp_path, "a"), Home(tmp_path, "b")
+    source = tmp_path / "unsolicited.bin"
+    data = write(source, 5 * CHUNK_SIZE)
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as nursery:
+            b = await start(nursery, b_home)
+            b_events = b.events.subscribe()
+            a = await start(nursery, a_home, b.bound[0])
+            a_events = a.events.subscribe()
+            mid, _ = await a.send_file(b_home.id, source)
+            offer_event = await next_event(b_events, "message")
+            assert (offer_event["id"], offer_event["request"]) == (mid.hex(), True)
+            # A text after the offer arrives, while the file is not fetched.
+            [later] = await a.send_texts(b_home.id, ["did you get it?"])
+            await until(b_events, ("message", {"id": later.hex()}))
+            [entry] = b.store.files_in(message_ids=[mid])
+            assert (entry.state, entry.next_chunk) == ("fetching", 0)
+            assert not (tmp_path / "b" / "files").exists()
+            await b.accept_peer(a_home.id)
+            while (await next_event(b_events, "file"))["state"] != "done":
+                pass
+            assert (tmp_path / "b" / "files" / "unsolicited.bin").read_bytes() == data
+            await until(a_events, ("delivered", {"id": mid.hex()}))
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_file_that_cannot_be_saved_fails_and_the_node_goes_on(tmp_path: Path) -> None:
+    a_home, b_home = Home(tmp_path, "a"), Home(tmp_path, "b")
+    source = tmp_path / "note.txt"
+    write(source, 1000)
+    (tmp_path / "b" / "files").write_text("not a folder")  # the disk refuses
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as nursery:
+            b = await start(nursery, b_home)
+            await b.accept_peer(a_home.id)
+            b_events = b.events.subscribe()
+            a = await start(nursery, a_home, b.bound[0])
+            mid, _ = await a.send_file(b_home.id, source)
+            event = await next_event(b_events, "file")
+            assert (event["id"], event["state"]) == (mid.hex(), "failed")
+            assert "cannot save it" in event["reason"]
+            [text] = await a.send_texts(b_home.id, ["still there?"])
+            await until(b_events, ("message", {"id": text.hex()}))
+            nursery.cancel_scope.cancel()
+
+
+def test_long_names_are_cut_by_bytes_and_offers_with_them_refused() -> None:
+    name = "é" * 150 + ".txt"  # 304 bytes in UTF-8
+    cut = files.safe_name(name)
+    assert len(cut.encode()) <= files.MAX_NAME_BYTES
+    assert cut == "é" * 100
+    offer = files.new_offer(name, 3, files.file_hash(b"abc"), (), b"abc")
+    assert offer.name == cut
+    body = offer.body()
+    body["name"] = name
+    with pytest.raises(wire.WireError):
+        files.parse_offer(body)
 
 
 async def test_a_corrupted_chunk_is_detected_and_fetched_again(tmp_path: Path) -> None:
@@ -167,6 +232,7 @@ async def test_a_corrupted_chunk_is_detected_and_fetched_again(tmp_path: Path) -
     with trio.fail_after(DEADLINE):
         async with trio.open_nursery() as nursery:
             b = await start(nursery, b_home)
+            await b.accept_peer(a_home.id)  # files come only from accepted peers
             b_events = b.events.subscribe()
             a = await start(nursery, a_home, b.bound[0])
             honest = a.transfers.seal_chunk
@@ -197,6 +263,7 @@ async def test_a_sender_that_keeps_lying_is_disconnected_and_nothing_is_kept(
     with trio.fail_after(DEADLINE):
         async with trio.open_nursery() as nursery:
             b = await start(nursery, b_home)
+            await b.accept_peer(a_home.id)  # files come only from accepted peers
             b_events = b.events.subscribe()
             a = await start(nursery, a_home, b.bound[0])
 
@@ -217,7 +284,7 @@ async def test_a_sender_that_keeps_lying_is_disconnected_and_nothing_is_kept(
 def test_a_50_mib_file_resumes_after_the_receiver_is_killed(tmp_path: Path) -> None:
     """Real processes: B is SIGKILLed mid-transfer, restarts, and fetches
     only what it did not hold; the file arrives whole with the right hash."""
-    init_home(tmp_path / "a")
+    a_id = init_home(tmp_path / "a")
     b_id = init_home(tmp_path / "b")
     source = tmp_path / "video.bin"
     data = write(source, 50 * 1024 * 1024, seed=7)
@@ -227,6 +294,7 @@ def test_a_50_mib_file_resumes_after_the_receiver_is_killed(tmp_path: Path) -> N
     try:
         b.start()
         a.wait_connected(b_id)
+        assert cli(b.home, "contacts", "add", a_id).returncode == 0  # files from contacts
         with b.api.events("/v1/events") as b_events:
             sent = cli(a.home, "send", b_id, "--file", str(source))
             assert sent.returncode == 0, sent.stderr
@@ -272,6 +340,7 @@ async def test_a_file_the_sender_no_longer_has_fails_with_the_reason(tmp_path: P
             for copy in (tmp_path / "a" / "files" / ".sent").iterdir():
                 copy.unlink()  # the sender's copy is lost
             b = await start(nursery, b_home, a.bound[0])
+            await b.accept_peer(a_home.id)  # files come only from accepted peers
             b_events = b.events.subscribe()
             event = await next_event(b_events, "file")
             assert (event["state"], event["id"]) == ("failed", mid.hex())
@@ -281,3 +350,33 @@ async def test_a_file_the_sender_no_longer_has_fails_with_the_reason(tmp_path: P
             await until(b_events, ("message", {"id": text.hex()}))
             assert b.links[a_home.id].opened.is_set()
             nursery.cancel_scope.cancel()
+
+
+def test_a_part_sent_again_in_another_envelope_is_kept_once(tmp_path: Path) -> None:
+    """A peer flooding copies of one part (new envelopes, new ids) costs one row."""
+    from p2pdm import envelope
+    from p2pdm.envelope import MessageKind
+    from p2pdm.identity import Identity
+    from p2pdm.store import AcceptResult, Store
+
+    sender, me = Identity.generate(), Identity.generate()
+    store = Store.open(tmp_path / "s.db")
+    now = 1_700_000_000_000
+    body = {"x": b"o" * 16, "i": 0, "d": b"piece"}
+    copies = []
+    for n in range(3):  # the same part, sealed three times: three message ids
+        sealed = envelope.seal(
+            sender,
+            me.node_id,
+            MessageKind.FILE_PART,
+            body,
+            timestamp_ms=now + n,
+            expires_ms=now + 10**6,
+        )
+        copies.append((envelope.open_envelope(me, sealed), sealed))
+    results = store.accept_incoming_many(copies[:2], now) + store.accept_incoming_many(
+        copies[2:], now
+    )
+    assert results == [AcceptResult.STORED, AcceptResult.DUPLICATE, AcceptResult.DUPLICATE]
+    assert store.count_file_parts(b"o" * 16, sender.node_id) == (1, len(wire.encode(body)))
+    store.close()

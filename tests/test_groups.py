@@ -9,7 +9,7 @@ import trio
 
 from p2pdm import envelope, groups
 from p2pdm.envelope import EnvelopeError, MessageKind
-from p2pdm.groups import Verdict, make_state, next_state
+from p2pdm.groups import GroupState, make_state
 from p2pdm.identity import Identity
 from p2pdm.store import Store
 from tests.nodes import next_event
@@ -29,33 +29,58 @@ def ids(n: int) -> list[NodeId]:
     return sorted((Identity.generate().node_id for _ in range(n)), key=lambda k: k.public_key)
 
 
-def test_a_new_group_is_taken_from_an_admin_that_lists_us() -> None:
+def held_after(
+    tmp_path: Path, name: str, me: NodeId, offers: list[tuple[NodeId, GroupState]]
+) -> GroupState | None:
+    """The state a member holds after receiving `offers` in this order."""
+    store = Store.open(tmp_path / f"{name}.db")
+    for n, (sender, state) in enumerate(offers):
+        groups.take(store, me, sender, state, n + 1)
+    held = groups.load(store, GID)
+    store.close()
+    return held
+
+
+def test_a_new_group_is_taken_from_an_admin_that_lists_us(tmp_path: Path) -> None:
     admin, me, other = ids(3)
     state = make_state(GID, 1, "friends", {admin, me}, {admin})
-    assert next_state(None, state, admin, me) is Verdict.TAKE
+    assert held_after(tmp_path, "ok", me, [(admin, state)]) == state
     # Not from a member who is not an admin, and not a group without us.
-    assert next_state(None, state, me, other) is Verdict.REFUSE
-    forged = make_state(GID, 1, "friends", {admin, me, other}, {admin})
-    assert next_state(None, forged, other, me) is Verdict.REFUSE
+    assert held_after(tmp_path, "not-admin", me, [(me, state)]) is None
+    assert held_after(tmp_path, "not-listed", other, [(admin, state)]) is None
 
 
-def test_only_a_newer_state_from_a_current_admin_replaces_ours() -> None:
+def test_only_a_change_by_an_admin_of_its_parent_counts(tmp_path: Path) -> None:
     admin, me, other = ids(3)
     v1 = make_state(GID, 1, "friends", {admin, me, other}, {admin})
-    v2 = make_state(GID, 2, "friends", {admin, me}, {admin})
-    assert next_state(v1, v2, admin, me) is Verdict.TAKE
-    assert next_state(v2, v1, admin, me) is Verdict.STALE
-    assert next_state(v2, v2, admin, me) is Verdict.STALE
-    # A member that is not an admin may become one in a change not seen yet.
-    by_other = make_state(GID, 2, "renamed", {admin, me, other}, {admin})
-    assert next_state(v1, by_other, other, me) is Verdict.LATER
-    # Two admins' changes to the same version: the same one wins everywhere.
-    a = make_state(GID, 2, "a", {admin, me, other}, {admin})
-    b = make_state(GID, 2, "b", {admin, me, other}, {admin})
-    winner = max(a, b, key=lambda s: s.rank())
-    loser = a if winner is b else b
-    assert next_state(loser, winner, admin, me) is Verdict.TAKE
-    assert next_state(winner, loser, admin, me) is Verdict.STALE
+    v2 = v1.changed(remove={other})
+    assert held_after(tmp_path, "a", me, [(admin, v1), (admin, v2)]) == v2
+    # An older state does not undo a newer one; a member cannot change it.
+    assert held_after(tmp_path, "b", me, [(admin, v1), (admin, v2), (admin, v1)]) == v2
+    by_other = v1.changed(name="renamed")
+    assert held_after(tmp_path, "c", me, [(admin, v1), (other, by_other)]) == v1
+    # No jumping versions: a child must be its parent's version plus one.
+    jump = make_state(GID, 10**6, "mine now", {admin, me}, {admin}, parent=v1.digest)
+    assert held_after(tmp_path, "d", me, [(admin, v1), (admin, jump)]) == v1
+
+
+def test_concurrent_admin_changes_settle_the_same_way_in_any_order(tmp_path: Path) -> None:
+    """A demotes B while B removes R, both from v1: whichever order the two
+    changes reach a member, every member holds the same one."""
+    a, b, x, y, r = ids(5)
+    v1 = make_state(GID, 1, "g", {a, b, x, y, r}, {a, b})
+    demote_b = make_state(GID, 2, "g", set(v1.members), {a}, parent=v1.digest)
+    remove_r = v1.changed(remove={r})
+    orders = {
+        "x": (x, [(a, v1), (a, demote_b), (b, remove_r)]),
+        "y": (y, [(a, v1), (b, remove_r), (a, demote_b)]),
+    }
+    held = {n: held_after(tmp_path, n, me, offers) for n, (me, offers) in orders.items()}
+    assert held["x"] == held["y"] == max(demote_b, remove_r, key=lambda s: s.rank())
+    # A change built on the loser does not count for less: the tree decides.
+    later = remove_r.changed(name="after")
+    offers = [(a, v1), (a, demote_b), (b, remove_r), (b, later)]
+    assert held_after(tmp_path, "z", x, offers) == later
 
 
 def test_bad_states_are_refused_with_a_reason() -> None:
@@ -64,6 +89,8 @@ def test_bad_states_are_refused_with_a_reason() -> None:
         make_state(GID, 1, "x", {me}, {admin})
     with pytest.raises(groups.GroupError, match="name is empty"):
         make_state(GID, 1, "  ", {me}, {me})
+    with pytest.raises(groups.GroupError, match="names the parent"):
+        make_state(GID, 2, "x", {me}, {me})
     many = set(ids(groups.MAX_MEMBERS + 1))
     with pytest.raises(groups.GroupError, match="1 to 64"):
         make_state(GID, 1, "big", many, {next(iter(many))})
@@ -75,20 +102,27 @@ def test_bad_states_are_refused_with_a_reason() -> None:
         )
 
 
-def test_a_change_that_arrives_before_the_one_it_needs_is_taken_after_it(
-    tmp_path: Path,
-) -> None:
+def test_a_change_that_arrives_before_its_parent_is_taken_after_it(tmp_path: Path) -> None:
     admin, me, helper, other = ids(4)
-    store = Store.open(tmp_path / "s.db")
     v1 = make_state(GID, 1, "g", {admin, me, helper, other}, {admin})
-    v2 = make_state(GID, 2, "g", {admin, me, helper, other}, {admin, helper})
-    v3 = make_state(GID, 3, "g", {admin, me, helper}, {admin, helper})  # helper removes other
-    assert groups.take(store, me, admin, v1, 1) == [v1]
-    assert groups.take(store, me, helper, v3, 2) == []  # helper is not an admin yet
-    assert groups.load(store, GID) == v1
-    assert groups.take(store, me, admin, v2, 3) == [v2, v3]
+    v2 = v1.changed(admins={helper})
+    v3 = v2.changed(remove={other})  # by helper, an admin of v2
+    assert held_after(tmp_path, "s", me, [(admin, v1), (helper, v3), (admin, v2)]) == v3
+
+
+def test_one_member_cannot_push_out_others_waiting_changes(tmp_path: Path) -> None:
+    admin, me, pest = ids(3)
+    store = Store.open(tmp_path / "p.db")
+    v1 = make_state(GID, 1, "g", {admin, me, pest}, {admin, pest})
+    groups.take(store, me, admin, v1, 1)
+    v2 = v1.changed(name="two")
+    v3 = v2.changed(name="three")
+    groups.take(store, me, admin, v3, 2)  # waits for v2
+    for n in range(100):  # changes of unknown parents, all from one member
+        junk = make_state(GID, 5, f"junk {n}", {pest, me}, {pest}, parent=bytes(16))
+        groups.take(store, me, pest, junk, 3 + n)
+    groups.take(store, me, admin, v2, 200)
     assert groups.load(store, GID) == v3
-    assert store.take_pending_group_states(GID) == []
     store.close()
 
 

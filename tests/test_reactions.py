@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import trio
 
+from p2pdm import envelope
 from p2pdm.envelope import MessageKind
 from p2pdm.node import IncomingPush
 from tests.test_files import start
@@ -133,6 +134,11 @@ async def test_disappearing_texts_vanish_from_both_sides(tmp_path: Path) -> None
             [back] = await b.send_texts(a_home.id, ["so does this"])
             [row] = [r for r in a.store.outbox() if r.message_id == poof]
             assert row.expires_ms <= a.now_ms() + 5_000  # relays drop it as soon
+            await a.change_own_text(poof, "this one vanishes too")
+            [edit] = [r for r in a.store.outbox() if r.kind == MessageKind.EDIT]
+            [shown] = [r for r in a.store.conversation(b_home.id, 10) if r.message_id == poof]
+            assert shown.vanish_ms is not None
+            assert edit.expires_ms <= shown.vanish_ms  # the new text goes no later
             for events in (a_events, b_events):
                 await until(
                     events, ("vanished", {"id": poof.hex()}), ("vanished", {"id": back.hex()})
@@ -143,4 +149,61 @@ async def test_disappearing_texts_vanish_from_both_sides(tmp_path: Path) -> None
             await b.set_timer(a_home.id, 0)
             await until(a_events, ("timer", {"after": 0.0}))
             assert a.store.timer(b_home.id) == 0
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_reaction_from_a_third_party_never_shows(tmp_path: Path) -> None:
+    """M learns message ids (a relay sees them) and reacts to a message of
+    the A-B conversation: before it arrives, after, and on a file."""
+    a_home, b_home, m_home = (Home(tmp_path, n) for n in "abm")
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes(b"\xff\xd8" + b"x" * 1000)
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as nursery:
+            b = await start(nursery, b_home)  # nobody to deliver to: b's outbox holds them
+            [early_text, text] = await b.send_texts(a_home.id, ["first", "second"])
+            file_id, _ = await b.send_file(a_home.id, photo)
+            by_id = {row.message_id: row.envelope for row in b.store.outbox()}
+            a = await start(nursery, a_home)
+            a_events = a.events.subscribe()
+            seq = 0
+
+            async def push(sender: NodeId, data: bytes) -> None:
+                nonlocal seq
+                op = IncomingPush(sender, seq, data)
+                seq += 1
+                await a.committer.submit(op)
+                await op.done.wait()
+
+            def reaction(target: bytes, emoji: str) -> bytes:
+                now = a.now_ms()
+                body = {"ref": target, "e": emoji}
+                kind = MessageKind.REACTION
+                return envelope.seal(
+                    m_home.identity,
+                    a_home.id,
+                    kind,
+                    body,
+                    timestamp_ms=now,
+                    expires_ms=now + 60_000,
+                )
+
+            await push(m_home.id, reaction(early_text, "💩"))  # before its target
+            for mid in (early_text, text, file_id):
+                await push(b_home.id, by_id[mid])
+            await push(m_home.id, reaction(text, "💩"))  # after it
+            await push(m_home.id, reaction(file_id, "💩"))  # on a file
+            # The sender's own reaction on its file does count.
+            b_reacts = envelope.seal(
+                b_home.identity,
+                a_home.id,
+                MessageKind.REACTION,
+                {"ref": file_id, "e": "📷"},
+                timestamp_ms=a.now_ms(),
+                expires_ms=a.now_ms() + 60_000,
+            )
+            await push(b_home.id, b_reacts)
+            await until(a_events, ("reaction", {"id": file_id.hex(), "emoji": "📷"}))
+            held = a.store.reactions([early_text, text, file_id])
+            assert held == {file_id: [(b_home.id, "📷")]}
             nursery.cancel_scope.cancel()
