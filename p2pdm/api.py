@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from p2pdm import __version__, files, groups, wire
 from p2pdm.envelope import (
     CHANGE_KINDS,
+    GROUP_MESSAGE_ID_LEN,
     MAX_TEXT_LEN,
     MESSAGE_ID_LEN,
     RECEIPT_KINDS,
@@ -177,6 +178,18 @@ def _message_ids(value: object, most: int) -> list[bytes]:
     return out
 
 
+def _changed_id(text: str) -> bytes:
+    """A message to react to or change: a message id, or a group message's
+    shared id (hex)."""
+    try:
+        found = bytes.fromhex(text)
+    except ValueError:
+        found = b""
+    if len(found) not in (MESSAGE_ID_LEN, GROUP_MESSAGE_ID_LEN):
+        raise ApiError(400, "give a message id, or a group message's shared id (gm), in hex")
+    return found
+
+
 def file_json(entry: FileIn) -> dict[str, Any]:
     """A file offered to us: what it is, and how far its fetch is."""
     offer = files.parse_offer(entry.offer)
@@ -215,14 +228,20 @@ def _texts(body: dict[str, Any]) -> list[str]:
     return texts
 
 
-def group_message_json(m: dict[str, Any], names: dict[NodeId, str]) -> dict[str, Any]:
-    """One group message, either way; ours with each member's copy's state."""
+def group_message_json(
+    m: dict[str, Any], names: dict[NodeId, str], reactions: list[tuple[NodeId, str]]
+) -> dict[str, Any]:
+    """One group message, either way; ours with each member's copy's state.
+    `gm` (the shared id) is what reactions, edits and unsends name."""
     body = m["body"]
     out: dict[str, Any] = {
         "mine": m["mine"],
         "ts": m["ts_ms"] / 1000,
-        "text": body.get("t") if isinstance(body, dict) else None,
-        "gm": body["gm"].hex() if isinstance(body, dict) else None,
+        "text": body.get("t") if isinstance(body, dict) and not m["deleted"] else None,
+        "gm": m["gm"].hex(),
+        "edited": m["edited"],
+        "deleted": m["deleted"],
+        "reactions": {str(who): emoji for who, emoji in reactions},
     }
     if m["mine"]:
         out["members"] = {
@@ -315,14 +334,14 @@ class Api:
         return json_response({"ok": True})
 
     async def react(self, request: Request) -> Response:
-        [message_id] = _message_ids([request.params["id"]], 1)
+        message_id = _changed_id(request.params["id"])
         body = request.json()
         if not isinstance(body, dict) or not isinstance(body.get("emoji"), str):
             raise ApiError(400, 'body must be {"emoji": EMOJI} ("" takes it back)')
         return await self._changed(self.node.react(message_id, body["emoji"]))
 
     async def edit(self, request: Request) -> Response:
-        [message_id] = _message_ids([request.params["id"]], 1)
+        message_id = _changed_id(request.params["id"])
         body = request.json()
         if not isinstance(body, dict) or set(body) != {"text"}:
             raise ApiError(400, 'body must be {"text": NEW_TEXT}')
@@ -330,7 +349,7 @@ class Api:
         return await self._changed(self.node.change_own_text(message_id, text))
 
     async def unsend(self, request: Request) -> Response:
-        [message_id] = _message_ids([request.params["id"]], 1)
+        message_id = _changed_id(request.params["id"])
         return await self._changed(self.node.change_own_text(message_id, None))
 
     async def set_timer(self, request: Request) -> Response:
@@ -445,10 +464,15 @@ class Api:
         limit = _int_query(request, "limit", 1, MAX_PAGE) or DEFAULT_PAGE
         rows = await self._store(self.node.store.group_messages, group.group_id, limit)
         names = await self._names()
+        shared = [m["gm"] for m in rows]
+        reactions = await self._store(self.node.store.reactions, shared)
         return json_response(
             {
                 "group": group_json(group, self.node.identity.node_id),
-                "messages": [group_message_json(m, names) for m in rows],
+                "messages": [
+                    group_message_json(m, names, reactions.get(gm, []))
+                    for m, gm in zip(rows, shared, strict=True)
+                ],
             }
         )
 

@@ -467,7 +467,8 @@ class ChatApp(App[int]):
             self.typing_until.pop(sender, None)
             here = GROUP_PREFIX + data["group"] if data.get("group") else sender
             if here == self.peer:
-                shown = {"id": data["id"], "mine": False, "ts": time.time(), "from": sender}
+                key = data.get("gm") or data["id"]  # a group message by its shared id
+                shown = {"id": key, "mine": False, "ts": time.time(), "from": sender}
                 shown.update(
                     text=data.get("text"), file=data.get("file"), vanish=data.get("vanish")
                 )
@@ -721,12 +722,10 @@ class ChatApp(App[int]):
             return
         shown = []
         for m in page["messages"]:
-            if m["mine"]:
-                shown.append({**m, "id": m["gm"]})
-                for member, copy in m["members"].items():
-                    self.copy_of[copy["id"]] = (m["gm"], member)
-            else:
-                shown.append(m)
+            # Keyed by the shared id, as reactions and edits name them.
+            shown.append({**m, "id": m["gm"]})
+            for member, copy in m.get("members", {}).items():
+                self.copy_of[copy["id"]] = (m["gm"], member)
         await self.show_messages(shown)
         unread = [m["id"] for m in page["messages"] if not m["mine"] and not m["read"]]
         if unread:
@@ -867,10 +866,12 @@ class ChatApp(App[int]):
         name, _, rest = line[1:].partition(" ")
         rest = rest.strip()
         peer = self.peer
-        needs_peer = {"rename", "accept", "block", "unblock", "safety"}
-        needs_peer |= {"react", "edit", "unsend", "timer", "file"}
+        needs_peer = {"rename", "accept", "block", "unblock", "safety", "timer", "file"}
         if name in needs_peer and (peer is None or self.group is not None):
             self.notify(f"/{name} works on an open conversation with one person: pick one first")
+            return
+        if name in ("react", "edit", "unsend") and peer is None:
+            self.notify(f"/{name} works on an open conversation: pick one first")
             return
         if name in ("invite", "kick") and self.group is None:
             self.notify(f"/{name} works on an open group: pick one first")
@@ -933,7 +934,8 @@ class ChatApp(App[int]):
         self.bump()
 
     async def _message_command(self, name: str, rest: str, peer: str) -> None:
-        """/react, /edit, /unsend, /timer and /file in a 1:1 conversation."""
+        """/react, /edit and /unsend (in any conversation, a group's too),
+        /timer and /file (with one person)."""
         if name == "timer":
             try:
                 seconds = 0.0 if rest == "off" else parse_duration(rest)

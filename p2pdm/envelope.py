@@ -78,11 +78,12 @@ class MessageKind(IntEnum):
     complete and checked."""
     REACTION = 8
     """{"ref": message id, "e": emoji}: the sender's reaction to a message of
-    this conversation ("" takes it back)."""
+    this conversation ("" takes it back). For a group message, ref is its
+    shared id and "g" the group (sent to every member, as are 9 and 10)."""
     EDIT = 9
-    """{"ref": message id, "t": text}: the sender's new text for its own message."""
+    """{"ref": message id, "t": text, "g"?}: the sender's new text for its own message."""
     DELETE = 10
-    """{"ref": message id}: the sender unsends its own message."""
+    """{"ref": message id, "g"?}: the sender unsends its own message."""
     TIMER = 11
     """{"after": ms}: the sender set this conversation's disappearing-message
     timer (0: off); both sides then send texts that vanish after it."""
@@ -164,8 +165,12 @@ def _check_body(kind: int, body: wire.Value) -> None:
     elif kind in CHANGE_KINDS:
         what = MessageKind(kind).name.lower()
         extra = {MessageKind.REACTION: {"e"}, MessageKind.EDIT: {"t"}}.get(MessageKind(kind), set())
-        fields = wire.as_map(body, what, required={"ref"} | extra)
-        wire.field_bytes(fields, "ref", what, size=MESSAGE_ID_LEN)
+        fields = wire.as_map(body, what, required={"ref"} | extra, optional={"g"})
+        if "g" in fields:  # about a group message: ref is its shared id
+            wire.field_bytes(fields, "g", what, size=groups.GROUP_ID_LEN)
+            wire.field_bytes(fields, "ref", what, size=GROUP_MESSAGE_ID_LEN)
+        else:
+            wire.field_bytes(fields, "ref", what, size=MESSAGE_ID_LEN)
         if kind == MessageKind.REACTION:
             wire.field_text(fields, "e", what, max_len=MAX_REACTION_LEN)
         elif kind == MessageKind.EDIT and not wire.field_text(

@@ -28,6 +28,7 @@ import hashlib
 import ipaddress
 import itertools
 import logging
+import math
 import os
 import random
 import time
@@ -658,6 +659,43 @@ class SendGroupText(GroupOp):
             self.shared_ids.append(gm)
 
 
+class ChangeGroupMessage(GroupOp):
+    """A reaction to a group message, or an edit or unsend of one of ours:
+    to every other member, applied to our own copy in the same batch."""
+
+    def __init__(
+        self, shared_id: bytes, kind: MessageKind, extra: dict[wire.Key, wire.Value]
+    ) -> None:
+        super().__init__(b"")
+        self.shared_id, self.kind, self.extra = shared_id, kind, extra
+
+    def build(self, store: Store, ctx: BatchContext) -> None:
+        me = ctx.node.identity.node_id
+        target = store.group_message_ref(self.shared_id)
+        if target is None or target[3]:
+            raise ValueError("no such group message (or it was unsent)")
+        mine, _, self.group_id, _ = target
+        state = groups.load(store, self.group_id)
+        if state is None or not state.is_member(me):
+            raise ValueError("this node is no longer a member of that group")
+        event: dict[str, Any] = {"id": self.shared_id.hex(), "group": self.group_id.hex()}
+        event["by"] = str(me)
+        if self.kind == MessageKind.REACTION:
+            emoji = self.extra["e"]
+            assert isinstance(emoji, str)
+            store.set_reaction(self.shared_id, me, emoji, ctx.now_ms)
+            ctx.events.append(("reaction", {**event, "emoji": emoji}))
+        else:
+            if not mine:
+                raise ValueError("only your own messages can be edited or unsent")
+            text = self.extra.get("t")
+            assert text is None or isinstance(text, str)
+            store.change_group_text(self.shared_id, author=None, text=text, ts_ms=ctx.now_ms)
+            ctx.events.append(("edited", {**event, "text": text}) if text else ("deleted", event))
+        body = {"ref": self.shared_id, "g": self.group_id, **self.extra}
+        self._seal_to(ctx.node, state.members, self.kind, body, ctx.now_ms)
+
+
 def group_json(state: groups.GroupState, me: NodeId) -> dict[str, Any]:
     """A group as the API and the event stream show it."""
     return {
@@ -763,7 +801,11 @@ class IncomingPush(Op):
         ]
         # Group messages go second, so a group change in the same batch
         # (often the one that added us) is taken before they are checked.
-        direct = [(op, m) for op, m in mine if m.kind != MessageKind.GROUP_TEXT]
+        in_group = [
+            (op, m) for op, m in mine if m.kind == MessageKind.GROUP_TEXT or _is_group_change(m)
+        ]
+        later = {id(op) for op, _ in in_group}
+        direct = [(op, m) for op, m in mine if id(op) not in later]
         strangers = ctx.node.settings.accept is not AcceptPolicy.CONTACTS
         results = store.accept_incoming_many(
             [(msg, op.data) for op, msg in direct], ctx.now_ms, strangers=strangers
@@ -775,8 +817,7 @@ class IncomingPush(Op):
             elif id(op) in outcome:
                 op._settle(outcome[id(op)], store, ctx)
             # else refused in prepare(); the reason is set
-        grouped = [(op, m) for op, m in mine if m.kind == MessageKind.GROUP_TEXT]
-        members = [(op, m) for op, m in grouped if op._from_member(store, ctx)]
+        members = [(op, m) for op, m in in_group if op._from_member(store, ctx)]
         # Membership stands in for being a contact: a group is people we joined.
         results = store.accept_incoming_many(
             [(msg, op.data) for op, msg in members], ctx.now_ms, strangers=True
@@ -850,8 +891,9 @@ class IncomingPush(Op):
                 request = not ctx.accepts(store, msg.sender)
                 ctx.events.append(("message", {**node.inbox_event(msg), "request": request}))
                 ctx.received += 1
-                if msg.kind == MessageKind.TEXT:
-                    ctx.vanishing = ctx.vanishing or isinstance(msg.body, dict)
+                if msg.kind in (MessageKind.TEXT, MessageKind.GROUP_TEXT):
+                    vanishes = vanish_after(msg.kind, msg.body) is not None
+                    ctx.vanishing = ctx.vanishing or vanishes
                     _early_changes(store, ctx, msg)
         elif result is AcceptResult.DUPLICATE:
             self.status = AckStatus.DUPLICATE
@@ -888,6 +930,9 @@ def take_change(
     whose message has not arrived yet stays in the inbox and applies when
     it does (it can only be one from the same sender); an applied or
     refused one keeps nothing of what it said."""
+    if isinstance(body, dict) and "g" in body:
+        _take_group_change(store, ctx, change_id, sender, kind, body, ts_ms)
+        return
     if kind == MessageKind.TIMER:
         # Latest wins, by the sender's clock but never ahead of ours: a
         # clock running fast must not pin the setting.
@@ -917,9 +962,51 @@ def take_change(
 
 
 def _early_changes(store: Store, ctx: BatchContext, msg: envelope.Message) -> None:
-    """Changes that overtook this message (through relays) apply now."""
-    for change_id, kind, body, ts in store.early_changes(msg.message_id, msg.sender):
-        take_change(store, ctx, change_id, msg.sender, kind, body, ts)
+    """Changes that overtook this message (through relays) apply now: for a
+    group message, any member's (by its shared id), else its sender's."""
+    _, shared_id = group_fields(msg.kind, msg.body)
+    early = (
+        store.early_changes(shared_id, None)
+        if shared_id is not None
+        else store.early_changes(msg.message_id, msg.sender)
+    )
+    for change_id, sender, kind, body, ts in early:
+        take_change(store, ctx, change_id, sender, kind, body, ts)
+
+
+def _is_group_change(msg: envelope.Message) -> bool:
+    return msg.kind in CHANGE_KINDS and isinstance(msg.body, dict) and "g" in msg.body
+
+
+def _take_group_change(
+    store: Store,
+    ctx: BatchContext,
+    change_id: bytes,
+    sender: NodeId,
+    kind: int,
+    body: Any,
+    ts_ms: int,
+) -> None:
+    """A member's reaction, edit or unsend of a group message (membership
+    was checked): any member reacts, only the author edits or unsends."""
+    ref: bytes = body["ref"]
+    target = store.group_message_ref(ref)
+    if target is None:
+        return  # kept until its message comes (or it expires)
+    store.settle_change(change_id)
+    mine, author, group_id, deleted = target
+    if group_id != body["g"] or deleted:
+        return
+    event: dict[str, Any] = {"id": ref.hex(), "group": group_id.hex(), "by": str(sender)}
+    if kind == MessageKind.REACTION:
+        if store.set_reaction(ref, sender, body["e"], min(ts_ms, ctx.now_ms)):
+            ctx.events.append(("reaction", {**event, "emoji": body["e"]}))
+        return
+    if mine or author != sender:
+        return  # only the author changes a message
+    text = body["t"] if kind == MessageKind.EDIT else None
+    if store.change_group_text(ref, author=sender, text=text, ts_ms=ts_ms):
+        ctx.events.append(("edited", {**event, "text": text}) if text else ("deleted", event))
 
 
 def _complete(store: Store, msg: envelope.Message) -> bool:
@@ -1084,6 +1171,7 @@ class PeerLink:
         self.queue: deque[Outgoing] = deque()
         self._queued: set[bytes] = set()
         self._reload = True
+        self._retry_at = math.inf  # when to reload after a refusal
         # Acked pushes whose outcome is not committed yet: the store still
         # shows them pending, so the pusher must not send them again.
         self.settling: dict[bytes, Op] = {}
@@ -1246,6 +1334,8 @@ class PeerLink:
                 rows = [self.in_flight.pop(seq) for seq in event.seqs]
                 self._in_flight_ids.difference_update(r.message_id for r in rows)
                 if event.status is AckStatus.REFUSED:
+                    retry = trio.current_time() + RESEND_AFTER_MS / 1000
+                    self._retry_at = min(self._retry_at, retry)
                     log.info(
                         "peer %s refused %d message(s) from %s: %s",
                         self.peer.short(),
@@ -1474,7 +1564,12 @@ class PeerLink:
                     frames = []
             if frames:
                 await self.conn.send_many(frames)
-            await self._wake.wait()
+            with trio.move_on_at(self._retry_at):
+                await self._wake.wait()
+            if trio.current_time() >= self._retry_at:
+                # Refused pushes are tried again (the store's retry delay
+                # picks which): "not a member yet" may have changed.
+                self._retry_at, self._reload = math.inf, True
 
     def _prune_settled(self) -> None:
         for mid in [m for m, op in self.settling.items() if op.done.is_set()]:
@@ -1499,11 +1594,12 @@ class PeerLink:
             away = node.connected()
             outgoing += [Outgoing.from_row(r) for r in handoff if r.recipient not in away]
         self._reload = max(len(rows), len(held)) == limit
-        for out in outgoing:
-            # Checked after the await: offer() may have queued some meanwhile.
-            if not self._busy(out.message_id):
-                self.queue.append(out)
-                self._queued.add(out.message_id)
+        # Checked after the await: offer() may have queued some meanwhile,
+        # committed after these, so these go first (a group's change before
+        # the message that needs it).
+        fresh = [out for out in outgoing if not self._busy(out.message_id)]
+        self.queue.extendleft(reversed(fresh))
+        self._queued.update(out.message_id for out in fresh)
 
     async def _load_gives(self) -> None:
         """Queue the next chunk of envelopes reconciliation found the peer lacks."""
@@ -1531,7 +1627,9 @@ class PeerLink:
         hello = self.session.peer_hello
         wants_all = hello is not None and PEX_WANT_FEATURE in hello.features
         since = None if wants_all else (self.seen_before or self.node.now_ms())
-        # A node that does not relay passes on others' records only when asked.
+        # A node that does not relay passes on others' records only to a peer
+        # that asked, for as long as the link lasts: records it learns after
+        # the first round (its own links still opening) are news to that peer.
         passes_on = self.node.config.relay or wants_all
         while True:
             self._pex_news = trio.Event()
@@ -1540,7 +1638,6 @@ class PeerLink:
                 records = await self.node.records_for(self.peer, since)
             else:
                 records = [self.node.own_record()]
-            passes_on = self.node.config.relay
             if self.session.state is not State.OPEN:
                 return
             fresh = [r for r in records if self.peer_has.get(r[0], -1) < r[1]]
@@ -2399,14 +2496,18 @@ class Node:
         return found
 
     async def react(self, message_id: bytes, emoji: str) -> None:
-        """React to a text or file of a conversation ("" takes it back)."""
-        target = await self._message(message_id)
-        peer = target.peer
-        me = self.identity.node_id
+        """React to a text or file of a conversation, or to a group message
+        by its shared id ("" takes it back)."""
         if len(emoji) > envelope.MAX_REACTION_LEN or (emoji and not emoji.strip()):
             raise ValueError(
                 f"a reaction is an emoji of at most {envelope.MAX_REACTION_LEN} characters"
             )
+        if len(message_id) == envelope.GROUP_MESSAGE_ID_LEN:
+            await self._group_op(ChangeGroupMessage(message_id, MessageKind.REACTION, {"e": emoji}))
+            return
+        target = await self._message(message_id)
+        peer = target.peer
+        me = self.identity.node_id
 
         def effect(store: Store, ctx: BatchContext) -> None:
             store.set_reaction(message_id, me, emoji, ctx.now_ms)
@@ -2417,7 +2518,15 @@ class Node:
         await self._send_change(change)
 
     async def change_own_text(self, message_id: bytes, text: str | None) -> None:
-        """Edit (`text`) or unsend (None) one of our texts, on both sides."""
+        """Edit (`text`) or unsend (None) one of our texts, on both sides (on
+        every member's node, for a group message given by its shared id)."""
+        if text is not None and not 0 < len(text) <= envelope.MAX_TEXT_LEN:
+            raise ValueError(f"an edit is 1 to {envelope.MAX_TEXT_LEN} characters")
+        if len(message_id) == envelope.GROUP_MESSAGE_ID_LEN:
+            kind = MessageKind.DELETE if text is None else MessageKind.EDIT
+            extra: dict[wire.Key, wire.Value] = {} if text is None else {"t": text}
+            await self._group_op(ChangeGroupMessage(message_id, kind, extra))
+            return
         target = await self._message(message_id)
         peer = target.peer
         if not target.mine or target.kind != MessageKind.TEXT:

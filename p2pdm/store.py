@@ -315,9 +315,11 @@ MIGRATIONS: tuple[str, ...] = (
     );
     -- Group messages: the group, and on our side the id all members' copies share.
     ALTER TABLE inbox ADD COLUMN grp BLOB;
+    ALTER TABLE inbox ADD COLUMN gm BLOB;
     ALTER TABLE outbox ADD COLUMN grp BLOB;
     ALTER TABLE outbox ADD COLUMN gm BLOB;
     CREATE INDEX inbox_by_group ON inbox (grp, received_ms) WHERE grp IS NOT NULL;
+    CREATE INDEX inbox_by_shared_id ON inbox (gm) WHERE gm IS NOT NULL;
     CREATE INDEX outbox_by_group ON outbox (grp, gm) WHERE grp IS NOT NULL;
 
     -- Files we offered: what a recipient may fetch, and with which key.
@@ -365,7 +367,7 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX outbox_vanish ON outbox (vanish_ms) WHERE vanish_ms IS NOT NULL;
     -- Each person's latest reaction to a message (ours too).
     CREATE TABLE reactions (
-        target BLOB NOT NULL CHECK (length(target) = 32),
+        target BLOB NOT NULL CHECK (length(target) IN (16, 32)),
         reactor BLOB NOT NULL CHECK (length(reactor) = 32),
         emoji TEXT NOT NULL,
         ts_ms INTEGER NOT NULL,
@@ -1265,37 +1267,43 @@ class Store:
         limit = self._check_limit(limit)
         conn = self._c()
         theirs = conn.execute(
-            "SELECT message_id, sender, ts_ms, received_ms, body, read FROM inbox"
-            f" WHERE grp = ? AND kind = {GROUP_TEXT_KIND} ORDER BY received_ms DESC LIMIT ?",
+            "SELECT message_id, sender, ts_ms, received_ms, body, read, edited_ms, deleted, gm"
+            f" FROM inbox WHERE grp = ? AND kind = {GROUP_TEXT_KIND}"
+            " ORDER BY received_ms DESC LIMIT ?",
             (group_id, limit),
         ).fetchall()
         ours = conn.execute(
             "SELECT gm, min(created_ms), body, json_group_array(json_array(hex(recipient),"
-            " hex(message_id), state, relayed_to)) FROM outbox"
+            " hex(message_id), state, relayed_to)), max(edited_ms), max(deleted) FROM outbox"
             f" WHERE grp = ? AND kind = {GROUP_TEXT_KIND} GROUP BY gm"
             " ORDER BY min(created_ms) DESC LIMIT ?",
             (group_id, limit),
         ).fetchall()
         out: list[dict[str, Any]] = []
-        for mid, sender, ts, received, body, read in theirs:
+        for mid, sender, ts, received, body, read, edited, deleted, gm in theirs:
             out.append(
                 {
                     "mine": False,
                     "id": bytes(mid),
+                    "gm": bytes(gm),
                     "from": NodeId(sender),
                     "ts_ms": ts,
                     "ms": received,
                     "body": _decode_body(body),
                     "read": bool(read),
+                    "edited": edited is not None,
+                    "deleted": bool(deleted),
                 }
             )
-        for gm, created, body, copies in ours:
+        for gm, created, body, copies, edited, deleted in ours:
             out.append(
                 {
                     "mine": True,
                     "gm": bytes(gm),
                     "ms": created,
                     "ts_ms": created,
+                    "edited": edited is not None,
+                    "deleted": bool(deleted),
                     "body": _decode_body(body),
                     "copies": [
                         (NodeId(bytes.fromhex(r)), bytes.fromhex(m), OutboxState(st), n)
@@ -1489,6 +1497,59 @@ class Store:
         return None
 
     @_db
+    def group_message_ref(self, shared_id: bytes) -> tuple[bool, NodeId | None, bytes, bool] | None:
+        """A group message by its shared id: (mine, its sender if not ours,
+        its group, deleted)."""
+        conn = self._c()
+        row = conn.execute(
+            f"SELECT grp, deleted FROM outbox WHERE gm = ? AND kind = {GROUP_TEXT_KIND} LIMIT 1",
+            (shared_id,),
+        ).fetchone()
+        if row is not None:
+            return True, None, bytes(row[0]), bool(row[1])
+        row = conn.execute(
+            f"SELECT sender, grp, deleted FROM inbox WHERE gm = ? AND kind = {GROUP_TEXT_KIND}",
+            (shared_id,),
+        ).fetchone()
+        return None if row is None else (False, NodeId(row[0]), bytes(row[1]), bool(row[2]))
+
+    @_db
+    def change_group_text(
+        self, shared_id: bytes, *, author: NodeId | None, text: str | None, ts_ms: int
+    ) -> bool:
+        """Edit (`text`) or unsend (None) a group message: ours (`author`
+        None: every member's copy) or one `author` sent us."""
+        with self._write() as conn:
+            if author is None:
+                table, where, args = "outbox", "gm = ?", [shared_id]
+            else:
+                table, where = "inbox", "gm = ? AND sender = ?"
+                args = [shared_id, _check_node(author)]
+            rows = conn.execute(
+                f"SELECT body, edited_ms FROM {table} WHERE {where}"
+                f" AND kind = {GROUP_TEXT_KIND} AND deleted = 0",
+                args,
+            ).fetchall()
+            if not rows or (text is not None and rows[0][1] is not None and rows[0][1] >= ts_ms):
+                return False
+            if text is None:
+                conn.execute(
+                    f"UPDATE {table} SET body = ?, deleted = 1 WHERE {where}"
+                    f" AND kind = {GROUP_TEXT_KIND}",
+                    [wire.encode(""), *args],
+                )
+                conn.execute("DELETE FROM reactions WHERE target = ?", (shared_id,))
+                return True
+            old = _decode_body(rows[0][0])
+            body = {**old, "t": text} if isinstance(old, dict) else old
+            conn.execute(
+                f"UPDATE {table} SET body = ?, edited_ms = ? WHERE {where}"
+                f" AND kind = {GROUP_TEXT_KIND}",
+                [wire.encode(body), ts_ms, *args],
+            )
+            return True
+
+    @_db
     def settle_change(self, message_id: bytes) -> None:
         """A received change (reaction, edit, unsend) was applied, or refused:
         keep its row (a copy that comes again is a duplicate that gets a
@@ -1540,16 +1601,21 @@ class Store:
 
     @_db
     def early_changes(
-        self, message_id: bytes, sender: NodeId
-    ) -> list[tuple[bytes, int, wire.Value, int]]:
-        """Reactions, edits and unsends from `sender` that arrived before
-        their target: (change id, kind, body, ts) oldest first."""
-        rows = self._c().execute(
-            f"SELECT message_id, kind, body, ts_ms FROM inbox WHERE ref = ? AND sender = ?"
-            f" AND kind IN ({REACTION_KIND}, {EDIT_KIND}, {DELETE_KIND}) ORDER BY ts_ms, seq",
-            (_check_id(message_id), _check_node(sender)),
+        self, target: bytes, sender: NodeId | None
+    ) -> list[tuple[bytes, NodeId, int, wire.Value, int]]:
+        """Reactions, edits and unsends that arrived before their target,
+        from `sender` (or anyone, for a group message's shared id):
+        (change id, its sender, kind, body, ts) oldest first."""
+        sql = (
+            "SELECT message_id, sender, kind, body, ts_ms FROM inbox WHERE ref = ?"
+            f" AND kind IN ({REACTION_KIND}, {EDIT_KIND}, {DELETE_KIND})"
         )
-        return [(r[0], r[1], _decode_body(r[2]), r[3]) for r in rows]
+        args: list[object] = [target]
+        if sender is not None:
+            sql += " AND sender = ?"
+            args.append(_check_node(sender))
+        rows = self._c().execute(sql + " ORDER BY ts_ms, seq", args)
+        return [(r[0], NodeId(r[1]), r[2], _decode_body(r[3]), r[4]) for r in rows]
 
     @_db
     def purge_unmatched(self, now_ms: int) -> int:
@@ -1565,12 +1631,15 @@ class Store:
 
     @_db
     def set_reaction(self, target: bytes, reactor: NodeId, emoji: str, ts_ms: int) -> bool:
-        """Keep `reactor`'s latest reaction to `target` ("" takes it back);
-        False if a later one is already held."""
+        """Keep `reactor`'s latest reaction to `target` (a message id, or a
+        group message's 16-byte shared id; "" takes it back); False if a
+        later one is already held."""
+        if not isinstance(target, bytes) or len(target) not in (16, MESSAGE_ID_LEN):
+            raise StoreError("a reaction's target is a message id or a shared id")
         with self._write() as conn:
             row = conn.execute(
                 "SELECT ts_ms FROM reactions WHERE target = ? AND reactor = ?",
-                (_check_id(target), _check_node(reactor)),
+                (target, _check_node(reactor)),
             ).fetchone()
             if row is not None and row[0] > ts_ms:
                 return False
@@ -1737,7 +1806,7 @@ class Store:
                         msg.kind,
                         wire.encode(msg.body),
                         bytes(data),
-                        group_fields(msg.kind, msg.body)[0],
+                        *group_fields(msg.kind, msg.body),
                         _ref_of(msg.kind, msg.body),
                         _plus(now_ms, vanish_after(msg.kind, msg.body)),
                         part,
@@ -1750,8 +1819,8 @@ class Store:
             conn.executemany("INSERT INTO seen (message_id, expires_ms) VALUES (?, ?)", seen_rows)
             conn.executemany(
                 "INSERT INTO inbox (message_id, sender, recipient, ts_ms, expires_ms,"
-                " received_ms, kind, body, envelope, grp, ref, vanish_ms, part)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " received_ms, kind, body, envelope, grp, gm, ref, vanish_ms, part)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 inbox_rows,
             )
             conn.executemany(

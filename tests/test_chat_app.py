@@ -190,6 +190,10 @@ async def changes(a: NodeProcess, b: NodeProcess, a_id: str, b_id: str, notes: P
         await app_b.open_conversation(chat.GROUP_PREFIX + group_id)
         await until(app_b, lambda: last_b().endswith("hi team"), "the group message on b's screen")
         assert a_id[:10] in last_b()
+        await submit(pb, app_b, "/react 🎉")
+        await until(app_a, lambda: "hi team  🎉" in last_a(), "b's reaction on a's screen")
+        await submit(pa, app_a, "/edit hi team, lunch?")
+        await until(app_b, lambda: last_b().endswith("hi team, lunch? (edited)  🎉"), "the edit")
         screenshot(app_b, "chat-group")
 
 

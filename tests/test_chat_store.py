@@ -209,7 +209,8 @@ def test_receipts_are_not_listed_as_a_conversation_nor_marked_read(db: Store) ->
 
 UNDO_SCHEMA_5 = (
     " DROP TABLE groups; DROP TABLE group_pending; DROP TABLE group_states;"
-    " DROP INDEX inbox_by_group; DROP INDEX outbox_by_group;"
+    " DROP INDEX inbox_by_group; DROP INDEX outbox_by_group; DROP INDEX inbox_by_shared_id;"
+    " ALTER TABLE inbox DROP COLUMN gm;"
     " ALTER TABLE inbox DROP COLUMN grp; ALTER TABLE outbox DROP COLUMN grp;"
     " ALTER TABLE outbox DROP COLUMN gm;"
     " DROP TABLE files_out; DROP TABLE files_in;"

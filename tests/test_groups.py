@@ -196,3 +196,46 @@ async def test_a_group_message_reaches_all_five_and_a_removed_member_gets_nothin
 
 def envelope_text(body: object) -> str | None:
     return body.get("t") if isinstance(body, dict) else None  # type: ignore[return-value]
+
+
+async def test_reactions_edits_and_unsend_in_a_group(tmp_path: Path) -> None:
+    homes = {n: Home(tmp_path, n) for n in "abc"}
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as nursery:
+            a = homes["a"].node(relay=True)
+            await nursery.start(run_until_cancelled, a)
+            nodes = {"a": a}
+            events = {"a": a.events.subscribe()}
+            for n in "bc":
+                nodes[n] = homes[n].node(a.bound[0], relay=False)
+                events[n] = nodes[n].events.subscribe()
+                await nursery.start(run_until_cancelled, nodes[n])
+            state = await a.create_group("team", [homes[n].id for n in "bc"])
+            for n in "bc":
+                await until(events[n], ("group", {"id": state.group_id.hex()}))
+            [gm], _ = await a.send_group_texts(state.group_id, ["lunch at 12"])
+            for n in "bc":
+                await until(events[n], ("message", {"gm": gm.hex()}))
+
+            # b reacts: a (the author) and c (another member) both see it.
+            await nodes["b"].react(gm, "👍")
+            for n in "ac":
+                await until(events[n], ("reaction", {"id": gm.hex(), "by": str(homes["b"].id)}))
+                assert nodes[n].store.reactions([gm]) == {gm: [(homes["b"].id, "👍")]}
+            # Only the author edits or unsends, on every member's node.
+            with pytest.raises(ValueError, match="only your own"):
+                await nodes["c"].change_own_text(gm, "lunch at 1")
+            await a.change_own_text(gm, "lunch at 12:30")
+            for n in "bc":
+                await until(events[n], ("edited", {"id": gm.hex(), "text": "lunch at 12:30"}))
+                [row] = nodes[n].store.group_messages(state.group_id)
+                assert (row["body"]["t"], row["edited"]) == ("lunch at 12:30", True)
+            await a.change_own_text(gm, None)
+            for n in "bc":
+                await until(events[n], ("deleted", {"id": gm.hex()}))
+                [row] = nodes[n].store.group_messages(state.group_id)
+                assert row["deleted"]
+                assert nodes[n].store.reactions([gm]) == {}
+            [mine] = a.store.group_messages(state.group_id)
+            assert mine["deleted"]
+            nursery.cancel_scope.cancel()
