@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from p2pdm.node import Node, PeerLink
-    from p2pdm.store import FileIn
+    from p2pdm.store import FileIn, FileOut
 
 log = logging.getLogger(__name__)
 
@@ -141,8 +141,13 @@ class Transfers:
     async def serve(self, link: PeerLink) -> None:
         """Answer the peer's FGETs, in order, for offers made to that peer."""
         node = self.node
+        offers: dict[bytes, FileOut | None] = {}  # looked up once per link
         async for get in link.file_requests:
-            out = await node.store_call(node.store.file_out, get.offer_id)
+            if get.offer_id not in offers:
+                if len(offers) >= MAX_FILE_REQUESTS:
+                    offers.clear()
+                offers[get.offer_id] = await node.store_call(node.store.file_out, get.offer_id)
+            out = offers[get.offer_id]
             if out is None or out.recipient != link.peer:
                 reason = "no such file was offered to you"
             elif out.expires_ms <= node.now_ms():
@@ -162,8 +167,7 @@ class Transfers:
                         link.session.file_data_frames(get.offer_id, get.index, sealed)
                     )
                     served = min(out.size, (get.index + 1) * CHUNK_SIZE)
-                    last = served == out.size
-                    if last or get.index % SYNC_EVERY == 0:
+                    if served == out.size:  # not on every chunk: a store write is slow
                         await node.store_call(node.store.note_file_served, out.offer_id, served)
                     node.events.publish(
                         "file-sent",
@@ -266,11 +270,11 @@ class Transfers:
         self.partial_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         part = self.partial_dir / f"{offer.offer_id.hex()}.part"
         held = entry.next_chunk
-        f = await trio.to_thread.run_sync(_open_part, part, held * CHUNK_SIZE)
+        fd = await trio.to_thread.run_sync(_open_part, part, held * CHUNK_SIZE)
         try:
             try:
                 link.fetching = True
-                await self._fetch_chunks(link, entry, offer, f, held)
+                await self._fetch_chunks(link, entry, offer, fd, held)
             except FetchStopped as exc:
                 await self._record(offer, failed=str(exc))
                 self._progress(entry, offer, held * CHUNK_SIZE, "failed", reason=str(exc))
@@ -281,18 +285,47 @@ class Transfers:
                 raise
             finally:
                 link.fetching = False
-            await trio.to_thread.run_sync(_sync_file, f)
+            await trio.to_thread.run_sync(os.fsync, fd)
         finally:
-            f.close()
+            os.close(fd)
         await self._finish(entry, offer, part)
 
     async def _fetch_chunks(
-        self, link: PeerLink, entry: FileIn, offer: Offer, f: BinaryIO, held: int
+        self, link: PeerLink, entry: FileIn, offer: Offer, fd: int, held: int
     ) -> None:
         """Ask for chunks `held`.. in a window, check and write each; record
-        progress every SYNC_EVERY chunks. The whole file's hash is kept as
-        the chunks held from the start grow, and checked at the end."""
-        whole = await trio.to_thread.run_sync(_hash_prefix, f, held * CHUNK_SIZE)
+        progress every SYNC_EVERY chunks (synced in the background while the
+        next chunks come). The whole file's hash is kept as the chunks held
+        from the start grow, and checked at the end."""
+        try:
+            async with trio.open_nursery() as background:
+                await self._fetch_chunks_syncing(link, entry, offer, fd, held, background)
+        except BaseExceptionGroup as group:
+            # The fetch's own error (a sync in flight was cancelled with it):
+            # raised as itself, so callers can tell a sender's fault.
+            if len(group.exceptions) == 1:
+                raise group.exceptions[0] from None
+            raise
+
+    async def _fetch_chunks_syncing(
+        self,
+        link: PeerLink,
+        entry: FileIn,
+        offer: Offer,
+        fd: int,
+        held: int,
+        background: trio.Nursery,
+    ) -> None:
+        syncing = False
+
+        async def sync_up_to(count: int) -> None:
+            # Chunks before `count` were written before this started.
+            nonlocal syncing
+            await trio.to_thread.run_sync(os.fsync, fd)
+            await self._record(offer, next_chunk=count)
+            syncing = False
+
+        whole = await trio.to_thread.run_sync(_hash_prefix, fd, held * CHUNK_SIZE)
         checked: dict[int, bytes] = {}  # written, not yet in `whole`
         asked = held
         pieces: dict[int, bytearray] = {}
@@ -332,17 +365,16 @@ class Transfers:
                 await link.conn.send(link.session.file_get_frame(offer.offer_id, event.index))
                 due += 1
                 continue
-            await trio.to_thread.run_sync(_write_at, f, event.index * CHUNK_SIZE, plain)
+            await trio.to_thread.run_sync(_write_at, fd, event.index * CHUNK_SIZE, plain)
             have.add(event.index)
             checked[event.index] = plain
             while held in have:
                 have.discard(held)
                 whole.update(checked.pop(held))
                 held += 1
-            if held - synced >= SYNC_EVERY or held == offer.chunks:
-                await trio.to_thread.run_sync(_sync_file, f)
-                await self._record(offer, next_chunk=held)
-                synced = held
+            if held - synced >= SYNC_EVERY and not syncing:
+                syncing, synced = True, held
+                background.start_soon(sync_up_to, held)
             self._progress(entry, offer, min(offer.size, held * CHUNK_SIZE), "fetching")
         if whole.digest() != offer.file_hash:
             # Every chunk matched its hash, so the offer itself lists chunks
@@ -441,16 +473,19 @@ class Transfers:
         self.node.events.publish("file", event)
 
 
-def _open_part(part: Path, keep: int) -> BinaryIO:
-    """The partial file, cut back to the chunks recorded as held."""
-    f = part.open("r+b" if part.exists() else "w+b")
-    f.truncate(keep)
-    return f
+def _open_part(part: Path, keep: int) -> int:
+    """The partial file (a descriptor: chunks are written with pwrite, so a
+    sync can run beside them), cut back to the chunks recorded as held."""
+    fd = os.open(part, os.O_RDWR | os.O_CREAT, 0o600)
+    os.ftruncate(fd, keep)
+    return fd
 
 
-def _write_at(f: BinaryIO, offset: int, data: bytes) -> None:
-    f.seek(offset)
-    f.write(data)
+def _write_at(fd: int, offset: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view, offset = view[written:], offset + written
 
 
 def _write_whole(part: Path, data: bytes) -> None:
@@ -460,12 +495,11 @@ def _write_whole(part: Path, data: bytes) -> None:
         os.fsync(f.fileno())
 
 
-def _hash_prefix(f: BinaryIO, size: int) -> hashlib.blake2b:
+def _hash_prefix(fd: int, size: int) -> hashlib.blake2b:
     """The whole-file hasher fed with the first `size` bytes held (a resume)."""
     h = files.file_hasher()
-    f.seek(0)
-    left = size
-    while left > 0 and (block := f.read(min(left, 1 << 20))):
+    offset = 0
+    while offset < size and (block := os.pread(fd, min(size - offset, 1 << 20), offset)):
         h.update(block)
-        left -= len(block)
+        offset += len(block)
     return h
