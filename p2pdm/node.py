@@ -2258,6 +2258,7 @@ class Node:
             purged = await self.store_call(self.store.purge_expired, now)
             purged += await self.store_call(self.store.purge_relay, now)
             purged += await self.store_call(self.store.purge_unmatched, now)
+            purged += await self.transfers.forget_finished()
             if expired or purged:
                 log.info(
                     "housekeeping: %d outbox messages expired, %d ids forgotten", expired, purged

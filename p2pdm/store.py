@@ -1351,6 +1351,25 @@ class Store:
         return FileOut(row[0], row[1], NodeId(row[2]), row[3], row[4], row[5], row[6], row[7])
 
     @_db
+    def file_offers_out(self) -> list[bytes]:
+        """Ids of the files we offered that are still open."""
+        return [bytes(r[0]) for r in self._c().execute("SELECT offer_id FROM files_out")]
+
+    @_db
+    def end_file_offers(self, now_ms: int) -> list[bytes]:
+        """Close the offers of files that were delivered, read or expired
+        (their copies can go); returns their ids."""
+        with self._write() as conn:
+            rows = conn.execute(
+                "DELETE FROM files_out WHERE expires_ms <= ? OR message_id IN"
+                " (SELECT message_id FROM outbox WHERE message_id = files_out.message_id"
+                "  AND state IN ('delivered', 'read', 'expired'))"
+                " RETURNING offer_id",
+                (_check_ms(now_ms, "now_ms"),),
+            ).fetchall()
+        return [bytes(r[0]) for r in rows]
+
+    @_db
     def note_file_served(self, offer_id: bytes, served: int) -> None:
         """How many bytes of an offered file the recipient has fetched so far."""
         with self._write() as conn:

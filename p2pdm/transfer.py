@@ -1,9 +1,8 @@
 """File transfers: staging files to send, serving offered chunks, fetching offered files.
 
 Files live in the node's home folder, under files/:
-- files/.sent/<hash>: our copy of every file we offered (named by its
-  BLAKE2b, so the same file sent twice is kept once); the user's original
-  may change or go away;
+- files/.sent/<offer id>: our copy of a file we offered, until the offer
+  is delivered or expires; the user's original may change or go away;
 - files/.partial/<offer id>.part: a fetch in progress; the store records
   how many chunks from the start are written and synced, and a fetch that
   was cut off resumes from there;
@@ -23,6 +22,7 @@ import contextlib
 import functools
 import logging
 import os
+import time
 from collections import Counter
 from typing import TYPE_CHECKING, BinaryIO
 
@@ -78,6 +78,8 @@ class Transfers:
         self.sent_dir = self.root / ".sent"
         self.partial_dir = self.root / ".partial"
         self.inline_wake = trio.Event()
+        self.created = time.time()
+        """Files older than this, left without a record, are a crash's leftovers."""
 
     # --- sending ----------------------------------------------------------------
 
@@ -120,16 +122,33 @@ class Transfers:
                 dst.flush()
                 _sync_file(dst)
             file_hash = whole.digest()
-            os.replace(tmp, self.sent_dir / file_hash.hex())
+            offer = files.new_offer(source.name, total, file_hash, tuple(chunks), None)
+            os.replace(tmp, self._copy_of(offer.offer_id))
         finally:
             tmp.unlink(missing_ok=True)
-        offer = files.new_offer(source.name, total, file_hash, tuple(chunks), None)
         return offer, None, file_hash
+
+    def _copy_of(self, offer_id: bytes) -> Path:
+        """Our copy of a file we offered (one per offer, deleted when it ends)."""
+        return self.sent_dir / offer_id.hex()
+
+    async def forget_finished(self) -> int:
+        """Delete our copies of files whose offers were delivered or expired
+        (housekeeping); returns how many."""
+        node = self.node
+        done = await node.store_call(node.store.end_file_offers, node.now_ms())
+
+        def unlink() -> None:
+            for offer_id in done:
+                self._copy_of(offer_id).unlink(missing_ok=True)
+
+        await trio.to_thread.run_sync(unlink)
+        return len(done)
 
     # --- serving ----------------------------------------------------------------
 
-    def _read_sealed(self, file_hash: bytes, key: bytes, index: int) -> bytes:
-        with (self.sent_dir / file_hash.hex()).open("rb") as f:
+    def _read_sealed(self, offer_id: bytes, key: bytes, index: int) -> bytes:
+        with self._copy_of(offer_id).open("rb") as f:
             f.seek(index * CHUNK_SIZE)
             plain = f.read(CHUNK_SIZE)
         return self.seal_chunk(key, index, plain)
@@ -157,7 +176,7 @@ class Transfers:
             else:
                 try:
                     sealed = await trio.to_thread.run_sync(
-                        self._read_sealed, out.file_hash, out.key, get.index
+                        self._read_sealed, out.offer_id, out.key, get.index
                     )
                 except OSError as exc:
                     log.warning("cannot serve %s: %s", out.file_hash.hex()[:12], exc)
@@ -187,7 +206,7 @@ class Transfers:
         """Node task: finish files that came in their messages, inline or in
         parts (no link needed), as they arrive, from accepted senders."""
         node = self.node
-        await self._forget_stale_partials()
+        await self._forget_stale_files()
         while True:
             self.inline_wake = trio.Event()
             for entry in await node.store_call(node.store.files_in):
@@ -220,17 +239,26 @@ class Transfers:
             await self._record(offer, failed=reason)
             self._progress(entry, offer, 0, "failed", reason=reason)
 
-    async def _forget_stale_partials(self) -> None:
-        """Partial files of fetches that ended (a crash after the end was
-        recorded) are deleted at start."""
+    async def _forget_stale_files(self) -> None:
+        """At start, delete what a crash may have left: partial files of
+        fetches that ended, and copies of files whose offer was never
+        stored (or has ended). Only files from before this start: a send
+        may be writing its copy right now."""
         node = self.node
+        started = self.created
         fetching = {e.offer_id.hex() for e in await node.store_call(node.store.files_in)}
+        offered = {o.hex() for o in await node.store_call(node.store.file_offers_out)}
 
         def sweep() -> None:
             if self.partial_dir.is_dir():
                 for part in self.partial_dir.glob("*.part"):
                     if part.stem not in fetching:
                         part.unlink(missing_ok=True)
+            if self.sent_dir.is_dir():
+                for copy in self.sent_dir.iterdir():
+                    with contextlib.suppress(FileNotFoundError):  # renamed meanwhile
+                        if copy.name not in offered and copy.stat().st_mtime < started:
+                            copy.unlink()
 
         await trio.to_thread.run_sync(sweep)
 

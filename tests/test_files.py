@@ -108,6 +108,12 @@ async def test_a_file_is_fetched_checked_and_then_delivered(tmp_path: Path) -> N
             await until(a_events, ("delivered", {"id": mid2.hex()}))
             [entry2] = b.store.files_in(message_ids=[mid2])
             assert entry2.path == str(tmp_path / "b" / "files" / "report (1).pdf")
+            # Delivered: the sender's copies can go (housekeeping does this).
+            sent = tmp_path / "a" / "files" / ".sent"
+            assert len(list(sent.iterdir())) == 2
+            assert await a.transfers.forget_finished() == 2
+            assert list(sent.iterdir()) == []
+            assert await a.transfers.forget_finished() == 0
             nursery.cancel_scope.cancel()
 
 
@@ -380,3 +386,21 @@ def test_a_part_sent_again_in_another_envelope_is_kept_once(tmp_path: Path) -> N
     assert results == [AcceptResult.STORED, AcceptResult.DUPLICATE, AcceptResult.DUPLICATE]
     assert store.count_file_parts(b"o" * 16, sender.node_id) == (1, len(wire.encode(body)))
     store.close()
+
+
+async def test_leftovers_of_a_crash_are_deleted_at_start(tmp_path: Path) -> None:
+    """A copy whose offer was never stored, and a partial file of no fetch."""
+    home = Home(tmp_path, "a")
+    sent, partial = tmp_path / "a" / "files" / ".sent", tmp_path / "a" / "files" / ".partial"
+    sent.mkdir(parents=True)
+    partial.mkdir()
+    for stale in (sent / ("ab" * 16), sent / ".tmp-0123", partial / f"{'cd' * 16}.part"):
+        stale.write_bytes(b"left by a crash")
+        os.utime(stale, (1_000_000_000, 1_000_000_000))
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as nursery:
+            node = await start(nursery, home)
+            await node.transfers._forget_stale_files()  # what run() does first
+            assert list(sent.iterdir()) == []
+            assert list(partial.iterdir()) == []
+            nursery.cancel_scope.cancel()
