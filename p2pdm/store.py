@@ -373,6 +373,14 @@ MIGRATIONS: tuple[str, ...] = (
         ts_ms INTEGER NOT NULL,
         PRIMARY KEY (target, reactor)
     ) WITHOUT ROWID;
+    -- Each indexed message's entry in `search`: FTS5 does not index
+    -- message_id, so an edit, unsend or disappearing text finds its entry
+    -- here instead of scanning the index.
+    CREATE TABLE search_ids (
+        message_id BLOB PRIMARY KEY,
+        entry INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    INSERT INTO search_ids (message_id, entry) SELECT message_id, rowid FROM search;
     -- A conversation's disappearing-message timer (absent: off).
     CREATE TABLE timers (
         peer BLOB PRIMARY KEY CHECK (length(peer) = 32),
@@ -816,6 +824,29 @@ def _decode_body(blob: bytes) -> wire.Value:
         return wire.decode(blob)
     except wire.WireError as exc:
         raise StoreError(f"a stored message body is damaged: {exc}") from None
+
+
+def _index(conn: sqlite3.Connection, rows: Sequence[tuple[str | None, bytes, int, bytes]]) -> None:
+    """Add (text, peer, mine, message id) rows to the search index, and
+    note where each went (FTS5 gives a new row the next rowid up)."""
+    if not rows:
+        return
+    last = conn.execute("SELECT rowid FROM search ORDER BY rowid DESC LIMIT 1").fetchone()
+    conn.executemany("INSERT INTO search (text, peer, mine, message_id) VALUES (?, ?, ?, ?)", rows)
+    conn.execute(
+        "INSERT INTO search_ids (message_id, entry)"
+        " SELECT message_id, rowid FROM search WHERE rowid > ?",
+        (0 if last is None else last[0],),
+    )
+
+
+def _unindex(conn: sqlite3.Connection, message_ids: Sequence[bytes]) -> None:
+    """Take messages out of the search index, by their noted entries."""
+    for chunk, marks in _id_chunks(message_ids):
+        entries = conn.execute(
+            f"DELETE FROM search_ids WHERE message_id IN ({marks}) RETURNING entry", chunk
+        ).fetchall()
+        conn.executemany("DELETE FROM search WHERE rowid = ?", entries)
 
 
 def _plus(now_ms: int, after_ms: int | None) -> int | None:
@@ -1598,7 +1629,7 @@ class Store:
             ).fetchone()
             if row is None or (text is not None and row[1] is not None and row[1] >= ts_ms):
                 return False
-            conn.execute("DELETE FROM search WHERE message_id = ?", (message_id,))
+            _unindex(conn, [message_id])
             if text is None:
                 conn.execute(
                     f"UPDATE {table} SET body = ?, deleted = 1 WHERE message_id = ?",
@@ -1612,10 +1643,7 @@ class Store:
                 f"UPDATE {table} SET body = ?, edited_ms = ? WHERE message_id = ?",
                 (wire.encode(body), ts_ms, message_id),
             )
-            conn.execute(
-                "INSERT INTO search (text, peer, mine, message_id) VALUES (?, ?, ?, ?)",
-                (text, row[2], int(mine), message_id),
-            )
+            _index(conn, [(text, row[2], int(mine), message_id)])
             return True
 
     @_db
@@ -1744,8 +1772,8 @@ class Store:
                     f"DELETE FROM {table} WHERE vanish_ms <= ? RETURNING message_id", (now_ms,)
                 ).fetchall()
             ]
+            _unindex(conn, ids)
             for chunk, marks in _id_chunks(ids):
-                conn.execute(f"DELETE FROM search WHERE message_id IN ({marks})", chunk)
                 conn.execute(f"DELETE FROM reactions WHERE target IN ({marks})", chunk)
                 conn.execute(f"DELETE FROM inbox WHERE ref IN ({marks})", chunk)
         return ids
@@ -1833,7 +1861,7 @@ class Store:
                 )
                 text = text_of_body(msg.body)
                 if msg.kind == TEXT_KIND and text is not None:
-                    search_rows.append((text, sender, message_id))
+                    search_rows.append((text, sender, 0, message_id))
                 results[i] = AcceptResult.STORED
             conn.executemany("INSERT INTO seen (message_id, expires_ms) VALUES (?, ?)", seen_rows)
             conn.executemany(
@@ -1842,10 +1870,7 @@ class Store:
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 inbox_rows,
             )
-            conn.executemany(
-                "INSERT INTO search (text, peer, mine, message_id) VALUES (?, ?, 0, ?)",
-                search_rows,
-            )
+            _index(conn, search_rows)
         return [r for r in results if r is not None]
 
     @_db
@@ -2042,10 +2067,10 @@ class Store:
                 " expires_ms, state, grp, gm, vanish_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 fresh,
             )
-            conn.executemany(
-                "INSERT INTO search (text, peer, mine, message_id) VALUES (?, ?, 1, ?)",
+            _index(
+                conn,
                 [
-                    (text_of_body(item.body), item.recipient.public_key, item.message_id)
+                    (text_of_body(item.body), item.recipient.public_key, 1, item.message_id)
                     for item, is_new in zip(items, new, strict=True)
                     if is_new and item.kind == TEXT_KIND and text_of_body(item.body) is not None
                 ],

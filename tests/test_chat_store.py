@@ -214,7 +214,7 @@ UNDO_SCHEMA_5 = (
     " ALTER TABLE inbox DROP COLUMN grp; ALTER TABLE outbox DROP COLUMN grp;"
     " ALTER TABLE outbox DROP COLUMN gm;"
     " DROP TABLE files_out; DROP TABLE files_in;"
-    " DROP TABLE reactions; DROP TABLE timers;"
+    " DROP TABLE reactions; DROP TABLE timers; DROP TABLE search_ids;"
     " DROP INDEX inbox_by_ref; DROP INDEX inbox_vanish; DROP INDEX outbox_vanish;"
     " DROP INDEX inbox_file_part; ALTER TABLE inbox DROP COLUMN part;"
     " ALTER TABLE inbox DROP COLUMN ref; ALTER TABLE inbox DROP COLUMN edited_ms;"
