@@ -51,6 +51,8 @@ FETCH_WINDOW = 8
 MAX_FILE_REQUESTS = 4 * FETCH_WINDOW
 # Chunk pieces the link's reader buffers for the fetcher: two chunks' worth.
 FILE_PIECES_BUFFERED = 12
+# When a fetch is cut off, this long to save how far it got.
+SAVE_ON_STOP_S = 5.0
 # A chunk that fails its check this many times from one peer ends the link.
 MAX_CHUNK_FAILURES = 3
 # Progress is synced to disk and the store every this many chunks (4 MiB).
@@ -325,14 +327,21 @@ class Transfers:
         progress every SYNC_EVERY chunks (synced in the background while the
         next chunks come). The whole file's hash is kept as the chunks held
         from the start grow, and checked at the end."""
+        progress = [held]  # chunks held from the start, as the fetch goes
         try:
             async with trio.open_nursery() as background:
-                await self._fetch_chunks_syncing(link, entry, offer, fd, held, background)
-        except BaseExceptionGroup as group:
-            # The fetch's own error (a sync in flight was cancelled with it):
-            # raised as itself, so callers can tell a sender's fault.
-            if len(group.exceptions) == 1:
-                raise group.exceptions[0] from None
+                await self._fetch_chunks_syncing(link, entry, offer, fd, progress, background)
+        except BaseException as exc:
+            # Cut off (the link died, the node stops): what is held is kept,
+            # so the next fetch starts from the last chunk held, not the
+            # last one recorded.
+            with trio.CancelScope(shield=True), trio.move_on_after(SAVE_ON_STOP_S):
+                await trio.to_thread.run_sync(os.fsync, fd)
+                await self._record(offer, next_chunk=progress[0])
+            if isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+                # The fetch's own error (a sync in flight was cancelled with
+                # it), raised as itself so callers can tell a sender's fault.
+                raise exc.exceptions[0] from None
             raise
 
     async def _fetch_chunks_syncing(
@@ -341,10 +350,11 @@ class Transfers:
         entry: FileIn,
         offer: Offer,
         fd: int,
-        held: int,
+        progress: list[int],
         background: trio.Nursery,
     ) -> None:
         syncing = False
+        [held] = progress
 
         async def sync_up_to(count: int) -> None:
             # Chunks before `count` were written before this started.
@@ -400,6 +410,7 @@ class Transfers:
                 have.discard(held)
                 whole.update(checked.pop(held))
                 held += 1
+            progress[0] = held
             if held - synced >= SYNC_EVERY and not syncing:
                 syncing, synced = True, held
                 background.start_soon(sync_up_to, held)

@@ -404,3 +404,38 @@ async def test_leftovers_of_a_crash_are_deleted_at_start(tmp_path: Path) -> None
             assert list(sent.iterdir()) == []
             assert list(partial.iterdir()) == []
             nursery.cancel_scope.cancel()
+
+
+async def test_a_fetch_cut_off_resumes_from_the_last_chunk_held(tmp_path: Path) -> None:
+    """The sender goes away mid-file: the receiver keeps every chunk it held
+    (not only those of its last periodic sync) and fetches only the rest."""
+    a_home, b_home = Home(tmp_path, "a"), Home(tmp_path, "b")
+    source = tmp_path / "album.zip"
+    data = write(source, 48 * CHUNK_SIZE + 5)
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as nursery:
+            b = await start(nursery, b_home)
+            await b.accept_peer(a_home.id)
+            b_events = b.events.subscribe()
+            async with trio.open_nursery() as a_scope:
+                a = await start(a_scope, a_home, b.bound[0])
+                mid, _ = await a.send_file(b_home.id, source)
+                while (await next_event(b_events, "file"))["received"] < 20 * CHUNK_SIZE:
+                    pass
+                a_scope.cancel_scope.cancel()  # the sender goes away
+            last = 0
+            async for name, event in b_events:
+                if name == "file":
+                    last = event["received"]
+                elif name == "peer" and not event["connected"]:
+                    break
+            [entry] = b.store.files_in(message_ids=[mid])
+            assert entry.state == "fetching"
+            assert entry.next_chunk * CHUNK_SIZE == last  # all it held, synced
+            a = await start(nursery, a_home, b.bound[0])
+            first = await next_event(b_events, "file")
+            assert first["received"] == last + CHUNK_SIZE  # the very next chunk
+            while (await next_event(b_events, "file"))["state"] != "done":
+                pass
+            assert (tmp_path / "b" / "files" / "album.zip").read_bytes() == data
+            nursery.cancel_scope.cancel()
