@@ -671,10 +671,11 @@ class ChangeGroupMessage(GroupOp):
 
     def build(self, store: Store, ctx: BatchContext) -> None:
         me = ctx.node.identity.node_id
-        target = store.group_message_ref(self.shared_id)
-        if target is None or target[3]:
+        found = store.group_of_shared_id(self.shared_id)
+        target = None if found is None else store.group_message_ref(self.shared_id, found)
+        if found is None or target is None or target[2]:
             raise ValueError("no such group message (or it was unsent)")
-        mine, _, self.group_id, _ = target
+        self.group_id, mine = found, target[0]
         state = groups.load(store, self.group_id)
         if state is None or not state.is_member(me):
             raise ValueError("this node is no longer a member of that group")
@@ -990,19 +991,23 @@ def _take_group_change(
     """A member's reaction, edit or unsend of a group message (membership
     was checked): any member reacts, only the author edits or unsends."""
     ref: bytes = body["ref"]
-    target = store.group_message_ref(ref)
+    group_id: bytes = body["g"]
+    # An edit or unsend names the sender's own message: looked up as theirs,
+    # so another member reusing the shared id cannot stand in for it.
+    author = None if kind == MessageKind.REACTION else sender
+    target = store.group_message_ref(ref, group_id, author)
     if target is None:
         return  # kept until its message comes (or it expires)
     store.settle_change(change_id)
-    mine, author, group_id, deleted = target
-    if group_id != body["g"] or deleted:
+    mine, _, deleted = target
+    if deleted:
         return
     event: dict[str, Any] = {"id": ref.hex(), "group": group_id.hex(), "by": str(sender)}
     if kind == MessageKind.REACTION:
         if store.set_reaction(ref, sender, body["e"], min(ts_ms, ctx.now_ms)):
             ctx.events.append(("reaction", {**event, "emoji": body["e"]}))
         return
-    if mine or author != sender:
+    if mine:
         return  # only the author changes a message
     text = body["t"] if kind == MessageKind.EDIT else None
     if store.change_group_text(ref, author=sender, text=text, ts_ms=ts_ms):
@@ -1172,6 +1177,7 @@ class PeerLink:
         self._queued: set[bytes] = set()
         self._reload = True
         self._retry_at = math.inf  # when to reload after a refusal
+        self._retry_last = 0.0  # ... after the latest one
         # Acked pushes whose outcome is not committed yet: the store still
         # shows them pending, so the pusher must not send them again.
         self.settling: dict[bytes, Op] = {}
@@ -1334,8 +1340,11 @@ class PeerLink:
                 rows = [self.in_flight.pop(seq) for seq in event.seqs]
                 self._in_flight_ids.difference_update(r.message_id for r in rows)
                 if event.status is AckStatus.REFUSED:
-                    retry = trio.current_time() + RESEND_AFTER_MS / 1000
+                    # A second past the store's retry delay: the refusal is
+                    # committed (its attempt time written) after this.
+                    retry = trio.current_time() + RESEND_AFTER_MS / 1000 + 1.0
                     self._retry_at = min(self._retry_at, retry)
+                    self._retry_last = retry
                     log.info(
                         "peer %s refused %d message(s) from %s: %s",
                         self.peer.short(),
@@ -1568,8 +1577,11 @@ class PeerLink:
                 await self._wake.wait()
             if trio.current_time() >= self._retry_at:
                 # Refused pushes are tried again (the store's retry delay
-                # picks which): "not a member yet" may have changed.
-                self._retry_at, self._reload = math.inf, True
+                # picks which): "not a member yet" may have changed. Those
+                # refused later get their own turn.
+                later = self._retry_last > self._retry_at
+                self._retry_at = self._retry_last if later else math.inf
+                self._reload = True
 
     def _prune_settled(self) -> None:
         for mid in [m for m, op in self.settling.items() if op.done.is_set()]:
@@ -1581,6 +1593,7 @@ class PeerLink:
         self._prune_settled()
         limit = MAX_LINK_QUEUE + len(self.in_flight) + len(self.settling) + len(self.queue)
         now = node.now_ms()
+        self._reload = False  # offer() may set it again while this awaits
         rows = await node.store_call(node.store.pending_for, self.peer, now, limit, RESEND_AFTER_MS)
         outgoing = [Outgoing.from_row(r) for r in rows]
         held = await node.store_call(node.store.relay_for, self.peer, now, limit)
@@ -1593,7 +1606,7 @@ class PeerLink:
             )
             away = node.connected()
             outgoing += [Outgoing.from_row(r) for r in handoff if r.recipient not in away]
-        self._reload = max(len(rows), len(held)) == limit
+        self._reload = self._reload or max(len(rows), len(held)) == limit
         # Checked after the await: offer() may have queued some meanwhile,
         # committed after these, so these go first (a group's change before
         # the message that needs it).
@@ -1784,8 +1797,11 @@ class Node:
                     notice.message_ids, notice.recipient, now, notice.data
                 )
                 # Our own mail among them: the recipient's signature says it
-                # arrived, as a receipt would.
-                ours = store.mark_delivered(recorded, now, recipient=notice.recipient)
+                # arrived, as a receipt would. Not a file offer: for a file,
+                # "delivered" waits for its receipt (the file is complete).
+                offers = store.file_offer_ids(recorded)
+                arrived = [mid for mid in recorded if mid not in offers]
+                ours = store.mark_delivered(arrived, now, recipient=notice.recipient)
             return recorded, ours
 
         recorded, ours = await self.store_call(apply, self.store)
@@ -2459,8 +2475,15 @@ class Node:
         Returns the message id once committed; FileError or OSError say why not."""
         offer, data, file_hash = await trio.to_thread.run_sync(self.transfers.stage, path)
         op = SendFile(to, offer, data, file_hash)
-        await self.committer.submit(op)
-        await op.done.wait()
+        try:
+            await self.committer.submit(op)
+            await op.done.wait()
+        finally:
+            if file_hash is not None and op.done.is_set() and (op.error or op.invalid):
+                # Not stored: nothing will ever serve the copy. (One still
+                # waiting may yet be stored; a later start sweeps it if not.)
+                with trio.CancelScope(shield=True):
+                    await trio.to_thread.run_sync(self.transfers.discard_copy, offer)
         if op.error is not None:
             raise StoreError(op.error)
         if op.invalid is not None:

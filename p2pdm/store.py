@@ -1388,13 +1388,15 @@ class Store:
 
     @_db
     def end_file_offers(self, now_ms: int) -> list[bytes]:
-        """Close the offers of files that were delivered, read or expired
-        (their copies can go); returns their ids."""
+        """Close the offers of files that expired, or were served whole and
+        then receipted (their copies can go); returns their ids. Served
+        whole, too: a read receipt, or a relay's delivery notice, can come
+        while the recipient is still fetching."""
         with self._write() as conn:
             rows = conn.execute(
-                "DELETE FROM files_out WHERE expires_ms <= ? OR message_id IN"
+                "DELETE FROM files_out WHERE expires_ms <= ? OR (served >= size AND message_id IN"
                 " (SELECT message_id FROM outbox WHERE message_id = files_out.message_id"
-                "  AND state IN ('delivered', 'read', 'expired'))"
+                "  AND state IN ('delivered', 'read')))"
                 " RETURNING offer_id",
                 (_check_ms(now_ms, "now_ms"),),
             ).fetchall()
@@ -1547,21 +1549,57 @@ class Store:
         return None
 
     @_db
-    def group_message_ref(self, shared_id: bytes) -> tuple[bool, NodeId | None, bytes, bool] | None:
-        """A group message by its shared id: (mine, its sender if not ours,
-        its group, deleted)."""
+    def group_message_ref(
+        self, shared_id: bytes, group_id: bytes, author: NodeId | None = None
+    ) -> tuple[bool, NodeId | None, bool] | None:
+        """A group message by its shared id in a group: (mine, its sender if
+        not ours, deleted). With `author`, only one that author sent us
+        (shared ids are the senders' choice: another member may reuse one)."""
         conn = self._c()
-        row = conn.execute(
-            f"SELECT grp, deleted FROM outbox WHERE gm = ? AND kind = {GROUP_TEXT_KIND} LIMIT 1",
-            (shared_id,),
-        ).fetchone()
-        if row is not None:
-            return True, None, bytes(row[0]), bool(row[1])
-        row = conn.execute(
-            f"SELECT sender, grp, deleted FROM inbox WHERE gm = ? AND kind = {GROUP_TEXT_KIND}",
-            (shared_id,),
-        ).fetchone()
-        return None if row is None else (False, NodeId(row[0]), bytes(row[1]), bool(row[2]))
+        if author is None:
+            row = conn.execute(
+                "SELECT deleted FROM outbox WHERE gm = ? AND grp = ?"
+                f" AND kind = {GROUP_TEXT_KIND} LIMIT 1",
+                (shared_id, group_id),
+            ).fetchone()
+            if row is not None:
+                return True, None, bool(row[0])
+        sql = (
+            "SELECT sender, deleted FROM inbox WHERE gm = ? AND grp = ?"
+            f" AND kind = {GROUP_TEXT_KIND}"
+        )
+        args: list[object] = [shared_id, group_id]
+        if author is not None:
+            sql += " AND sender = ?"
+            args.append(_check_node(author))
+        row = conn.execute(sql + " LIMIT 1", args).fetchone()
+        return None if row is None else (False, NodeId(row[0]), bool(row[1]))
+
+    @_db
+    def group_of_shared_id(self, shared_id: bytes) -> bytes | None:
+        """The group of a group message we sent or hold, by its shared id."""
+        for table in ("outbox", "inbox"):
+            row = (
+                self._c()
+                .execute(f"SELECT grp FROM {table} WHERE gm = ? LIMIT 1", (shared_id,))
+                .fetchone()
+            )
+            if row is not None:
+                return bytes(row[0])
+        return None
+
+    @_db
+    def file_offer_ids(self, message_ids: Sequence[bytes]) -> set[bytes]:
+        """Which of these are file offers we sent."""
+        found: set[bytes] = set()
+        for chunk, marks in _id_chunks(list(message_ids)):
+            rows = self._c().execute(
+                f"SELECT message_id FROM outbox WHERE kind = {FILE_KIND}"
+                f" AND message_id IN ({marks})",
+                chunk,
+            )
+            found.update(bytes(r[0]) for r in rows)
+        return found
 
     @_db
     def change_group_text(

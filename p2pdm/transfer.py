@@ -31,6 +31,7 @@ import trio
 from p2pdm import files
 from p2pdm.files import CHUNK_SIZE, FileError, Offer
 from p2pdm.session import FileDataReceived, FileMissingReceived, SessionError
+from p2pdm.store import StoreError
 
 if TYPE_CHECKING:
     import hashlib
@@ -81,6 +82,7 @@ class Transfers:
         self.partial_dir = self.root / ".partial"
         self.inline_wake = trio.Event()
         self.created = time.time()
+        self._fetch_locks: dict[bytes, trio.Lock] = {}
         """Files older than this, left without a record, are a crash's leftovers."""
 
     # --- sending ----------------------------------------------------------------
@@ -133,6 +135,10 @@ class Transfers:
     def _copy_of(self, offer_id: bytes) -> Path:
         """Our copy of a file we offered (one per offer, deleted when it ends)."""
         return self.sent_dir / offer_id.hex()
+
+    def discard_copy(self, offer: Offer) -> None:
+        """A send that did not store its offer: its copy goes (worker thread)."""
+        self._copy_of(offer.offer_id).unlink(missing_ok=True)
 
     async def forget_finished(self) -> int:
         """Delete our copies of files whose offers were delivered or expired
@@ -297,10 +303,26 @@ class Transfers:
             await link.fetch_wake.wait()
 
     async def _fetch_one(self, link: PeerLink, entry: FileIn, offer: Offer) -> None:
+        # One fetch of an offer at a time: a link that replaced another waits
+        # until the old one's fetch has ended and saved how far it got.
+        lock = self._fetch_locks.setdefault(offer.offer_id, trio.Lock())
+        try:
+            async with lock:
+                await self._fetch_one_locked(link, entry, offer)
+        finally:
+            if not lock.locked() and lock.statistics().tasks_waiting == 0:
+                self._fetch_locks.pop(offer.offer_id, None)
+
+    async def _fetch_one_locked(self, link: PeerLink, entry: FileIn, offer: Offer) -> None:
+        node = self.node
+        [entry] = await node.store_call(
+            functools.partial(node.store.files_in, message_ids=[entry.message_id])
+        )  # as it is now: a fetch that ended while we waited saved its progress
+        if entry.state != "fetching":
+            return
         self.partial_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         part = self.partial_dir / f"{offer.offer_id.hex()}.part"
-        held = entry.next_chunk
-        fd = await trio.to_thread.run_sync(_open_part, part, held * CHUNK_SIZE)
+        fd, held = await trio.to_thread.run_sync(_open_part, part, entry.next_chunk)
         try:
             try:
                 link.fetching = True
@@ -336,12 +358,15 @@ class Transfers:
             # so the next fetch starts from the last chunk held, not the
             # last one recorded.
             with trio.CancelScope(shield=True), trio.move_on_after(SAVE_ON_STOP_S):
-                await trio.to_thread.run_sync(os.fsync, fd)
-                await self._record(offer, next_chunk=progress[0])
-            if isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-                # The fetch's own error (a sync in flight was cancelled with
-                # it), raised as itself so callers can tell a sender's fault.
-                raise exc.exceptions[0] from None
+                try:
+                    await trio.to_thread.run_sync(os.fsync, fd)
+                    await self._record(offer, next_chunk=progress[0])
+                except (OSError, StoreError) as saving:  # the fetch's own error matters more
+                    log.warning("could not save how far %s got: %s", offer.name, saving)
+            if isinstance(exc, BaseExceptionGroup):
+                # The fetch's error, and perhaps the background sync's: raised
+                # as itself, the sender's fault first, so callers can tell.
+                raise _main_error(exc) from None
             raise
 
     async def _fetch_chunks_syncing(
@@ -512,12 +537,33 @@ class Transfers:
         self.node.events.publish("file", event)
 
 
-def _open_part(part: Path, keep: int) -> int:
+def _open_part(part: Path, held: int) -> tuple[int, int]:
     """The partial file (a descriptor: chunks are written with pwrite, so a
-    sync can run beside them), cut back to the chunks recorded as held."""
+    sync can run beside them) cut back to the `held` chunks recorded, and
+    how many it holds: none if it is shorter (lost, or deleted)."""
     fd = os.open(part, os.O_RDWR | os.O_CREAT, 0o600)
-    os.ftruncate(fd, keep)
-    return fd
+    if os.fstat(fd).st_size < held * CHUNK_SIZE:
+        held = 0
+    os.ftruncate(fd, held * CHUNK_SIZE)
+    return fd, held
+
+
+def _main_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The error a failed fetch stands for: a peer's fault before a disk's,
+    before anything else; Cancelled only if nothing else."""
+    leaves: list[BaseException] = []
+    pending: list[BaseException] = [group]
+    while pending:
+        exc = pending.pop()
+        if isinstance(exc, BaseExceptionGroup):
+            pending.extend(exc.exceptions)
+        else:
+            leaves.append(exc)
+    for kind in (SessionError, FetchStopped, OSError, Exception):
+        for leaf in leaves:
+            if isinstance(leaf, kind):
+                return leaf
+    return leaves[0] if leaves else group
 
 
 def _write_at(fd: int, offset: int, data: bytes) -> None:

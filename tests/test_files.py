@@ -439,3 +439,38 @@ async def test_a_fetch_cut_off_resumes_from_the_last_chunk_held(tmp_path: Path) 
                 pass
             assert (tmp_path / "b" / "files" / "album.zip").read_bytes() == data
             nursery.cancel_scope.cancel()
+
+
+def test_a_part_file_shorter_than_recorded_starts_over(tmp_path: Path) -> None:
+    """A lost or deleted partial file is not taken as zeros."""
+    from p2pdm.transfer import _open_part
+
+    part = tmp_path / "x.part"
+    part.write_bytes(b"\1" * (3 * CHUNK_SIZE))
+    fd, held = _open_part(part, 2)
+    os.close(fd)
+    assert (held, part.stat().st_size) == (2, 2 * CHUNK_SIZE)  # cut back to what is recorded
+    part.unlink()
+    fd, held = _open_part(part, 2)
+    os.close(fd)
+    assert (held, part.stat().st_size) == (0, 0)
+
+
+def test_an_offer_read_before_its_file_is_served_keeps_its_copy(tmp_path: Path) -> None:
+    """A read receipt (or a relay's notice) can come while the recipient
+    still fetches: the sender's copy stays until the file was served whole."""
+    from p2pdm.identity import Identity
+    from p2pdm.store import OutboxState, Queued, Store
+
+    store = Store.open(tmp_path / "s.db")
+    peer, now = Identity.generate().node_id, 1_700_000_000_000
+    mid, offer_id = b"m" * 32, b"o" * 16
+    store.enqueue_many([Queued(mid, peer, b"env", 7, {"x": offer_id}, now + 10**6)], now)
+    store.add_file_out(offer_id, mid, peer, bytes(32), 1000, bytes(32), now + 10**6)
+    store.mark_outbox_read([mid], now, recipient=peer)
+    [row] = store.outbox()
+    assert row.state is OutboxState.READ
+    assert store.end_file_offers(now) == []  # not served yet
+    store.note_file_served(offer_id, 1000)
+    assert store.end_file_offers(now) == [offer_id]
+    store.close()

@@ -11,6 +11,7 @@ from p2pdm import envelope, groups
 from p2pdm.envelope import EnvelopeError, MessageKind
 from p2pdm.groups import GroupState, make_state
 from p2pdm.identity import Identity
+from p2pdm.node import IncomingPush
 from p2pdm.store import Store
 from tests.nodes import next_event
 from tests.test_relay import Home, run_until_cancelled, until
@@ -238,4 +239,45 @@ async def test_reactions_edits_and_unsend_in_a_group(tmp_path: Path) -> None:
                 assert nodes[n].store.reactions([gm]) == {}
             [mine] = a.store.group_messages(state.group_id)
             assert mine["deleted"]
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_member_reusing_a_shared_id_cannot_block_anothers_edit(
+    tmp_path: Path,
+) -> None:
+    """M sends B a group message under A's shared id before A's arrives:
+    A's edit still changes A's message, and M's stays M's."""
+    homes = {n: Home(tmp_path, n) for n in "abm"}
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as nursery:
+            a = homes["a"].node()
+            await nursery.start(run_until_cancelled, a)
+            state = await a.create_group("g", [homes["b"].id, homes["m"].id])
+            [gm], _ = await a.send_group_texts(state.group_id, ["the plan"])
+            await a.change_own_text(gm, "the real plan")
+            to_b = [r for r in a.store.outbox() if r.recipient == homes["b"].id]
+            b = homes["b"].node()
+            b_events = b.events.subscribe()
+            await nursery.start(run_until_cancelled, b)
+            now = b.now_ms()
+            forged = envelope.seal(
+                homes["m"].identity,
+                homes["b"].id,
+                MessageKind.GROUP_TEXT,
+                {"g": state.group_id, "gm": gm, "t": "not the plan"},
+                timestamp_ms=now,
+                expires_ms=now + 60_000,
+            )
+            pushes = [(homes["a"].id, to_b[0].envelope), (homes["m"].id, forged)]
+            pushes += [(homes["a"].id, r.envelope) for r in to_b[1:]]  # A's text, then edit
+            for seq, (sender, data) in enumerate(pushes):
+                op = IncomingPush(sender, seq, data)
+                await b.committer.submit(op)
+                await op.done.wait()
+            await until(b_events, ("edited", {"id": gm.hex(), "by": str(homes["a"].id)}))
+            texts = {str(m["from"]): m["body"]["t"] for m in b.store.group_messages(state.group_id)}
+            assert texts == {
+                str(homes["a"].id): "the real plan",
+                str(homes["m"].id): "not the plan",
+            }
             nursery.cancel_scope.cancel()
