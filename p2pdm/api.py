@@ -22,7 +22,6 @@ from p2pdm.envelope import (
     RECEIPT_KINDS,
     MessageKind,
 )
-from p2pdm.files import FileError
 from p2pdm.httpapi import ApiError, Request, Response, Router, StreamResponse, json_response
 from p2pdm.identity import safety_number
 from p2pdm.node import MAX_TTL_MS, group_json
@@ -104,7 +103,7 @@ def chat_json(
         out["file"] = file_json(received_file)
     elif row.kind == MessageKind.FILE:
         offer = files.parse_offer(row.body)
-        out["file"] = {"name": offer.name, "size": offer.size, "blake2b": offer.file_hash.hex()}
+        out["file"] = offer.summary()
     return out
 
 
@@ -198,13 +197,7 @@ def file_json(entry: FileIn) -> dict[str, Any]:
         if entry.state == "done"
         else min(offer.size, entry.next_chunk * files.CHUNK_SIZE)
     )
-    out: dict[str, Any] = {
-        "name": offer.name,
-        "size": offer.size,
-        "blake2b": offer.file_hash.hex(),
-        "state": entry.state,
-        "received": received,
-    }
+    out: dict[str, Any] = {**offer.summary(), "state": entry.state, "received": received}
     if entry.path is not None:
         out["path"] = entry.path
     if entry.reason is not None:
@@ -374,7 +367,7 @@ class Api:
             raise ApiError(400, "that is this node's own id")
         try:
             message_id, offer = await self.node.send_file(to, Path(path))
-        except (FileError, OSError) as exc:
+        except (ValueError, OSError) as exc:  # FileError is a ValueError
             raise ApiError(400, f"cannot send {path.name}: {exc}") from None
         except StoreError as exc:
             raise ApiError(507, f"not stored: {exc}", "nothing was sent; try again") from None
@@ -382,12 +375,7 @@ class Api:
             {
                 "id": message_id.hex(),
                 "to": str(to),
-                "file": {
-                    "name": offer.name,
-                    "size": offer.size,
-                    "blake2b": offer.file_hash.hex(),
-                    "inline": offer.inline is not None,
-                },
+                "file": {**offer.summary(), "inline": offer.inline is not None},
             },
             status=201,
         )

@@ -349,12 +349,13 @@ def cmd_group(home: Path, args: argparse.Namespace) -> int:
         print(group["id"])
         return EXIT_OK
     if args.action == "list":
-        for g in client.get("/v1/groups")["groups"]:
-            if args.json:
-                print(json.dumps(g, ensure_ascii=False))
-            else:
-                left = "" if g["member"] else " (left)"
-                print(f"{g['id']} {visible(g['name'])} ({len(g['members'])} members){left}")
+        found = client.get("/v1/groups")["groups"]
+        if args.json:
+            _print_json_lines(found)
+            return EXIT_OK
+        for g in found:
+            left = "" if g["member"] else " (left)"
+            print(f"{g['id']} {visible(g['name'])} ({len(g['members'])} members){left}")
         return EXIT_OK
     change = {"add": [args.peer]} if args.action == "add" else {"remove": [args.peer]}
     client.post(f"/v1/groups/{_path_part(args.group)}", change)

@@ -94,6 +94,10 @@ class Offer:
     def chunks(self) -> int:
         return len(self.chunk_hashes)
 
+    def summary(self) -> dict[str, str | int]:
+        """What the API and events show of a file: never its key or data."""
+        return {"name": self.name, "size": self.size, "blake2b": self.file_hash.hex()}
+
     def chunk_len(self, index: int) -> int:
         return min(CHUNK_SIZE, self.size - index * CHUNK_SIZE)
 

@@ -113,7 +113,7 @@ if TYPE_CHECKING:
     from p2pdm.store import OutboxRow, RelayRow
 
 log = logging.getLogger(__name__)
-_G = TypeVar("_G", bound="GroupOp")
+_E = TypeVar("_E", bound="Enqueue")
 
 DEFAULT_PORT = 7707
 # A week: long enough for friends who are rarely online, short enough that
@@ -467,6 +467,31 @@ class Enqueue(Op):
     def __init__(self, rows: list[tuple[bytes, envelope.Outer, int, Any]]) -> None:
         super().__init__()
         self.rows = rows
+        self.invalid: str | None = None
+        """Why nothing was sent (nothing is stored then)."""
+
+    def seal(
+        self, node: Node, to: NodeId, kind: int, body: Any, *, now_ms: int, expires_ms: int
+    ) -> None:
+        """Sign and seal one message to `to`, to be queued by `apply`
+        (ValueError for what the format cannot carry)."""
+        sealed, outer = envelope.seal_with_outer(
+            node.identity, to, kind, body, timestamp_ms=now_ms, expires_ms=expires_ms
+        )
+        self.rows.append((sealed, outer, int(kind), body))
+
+    def refuse(self, why: str) -> None:
+        """Nothing of this op is stored, for this reason."""
+        self.invalid = why
+        self.rows.clear()
+
+    @staticmethod
+    def accept_recipient(store: Store, ctx: BatchContext, to: NodeId) -> None:
+        """Writing to someone accepts them (and files they offered us may
+        now be fetched)."""
+        store.accept_peer(to, ctx.now_ms)
+        ctx.accepted.pop(to, None)
+        ctx.offered_by.add(to)
 
     def apply(self, store: Store, ctx: BatchContext) -> None:
         items = [
@@ -492,32 +517,26 @@ class SendTexts(Enqueue):
         self.to, self.texts, self.now_ms, self.expires_ms = to, texts, now_ms, expires_ms
         self.vanish_ms = vanish_ms
         """The conversation's disappearing timer (0: off)."""
-        self.invalid: str | None = None
-        """Why the texts cannot be sent (nothing is stored then)."""
 
     def prepare(self, node: Node, now_ms: int) -> None:
         try:
             for text in self.texts:
                 body: wire.Value = {"t": text, "dis": self.vanish_ms} if self.vanish_ms else text
-                sealed, outer = envelope.seal_with_outer(
-                    node.identity,
+                self.seal(
+                    node,
                     self.to,
                     MessageKind.TEXT,
                     body,
-                    timestamp_ms=self.now_ms,
+                    now_ms=self.now_ms,
                     expires_ms=self.expires_ms,
                 )
-                self.rows.append((sealed, outer, int(MessageKind.TEXT), body))
         except ValueError as exc:
-            self.invalid = str(exc)
-            self.rows.clear()
+            self.refuse(str(exc))
 
     def apply(self, store: Store, ctx: BatchContext) -> None:
         super().apply(store, ctx)
         if self.rows:
-            store.accept_peer(self.to, ctx.now_ms)  # writing to someone accepts them
-            ctx.accepted.pop(self.to, None)
-            ctx.offered_by.add(self.to)  # so files it offered us are fetched now
+            self.accept_recipient(store, ctx, self.to)
             ctx.vanishing = ctx.vanishing or bool(self.vanish_ms)
 
 
@@ -539,19 +558,10 @@ class SendChange(Enqueue):
         """The message it changes disappears then: the change expires no later."""
 
     def apply(self, store: Store, ctx: BatchContext) -> None:
-        node = ctx.node
-        expires = ctx.now_ms + node.config.ttl_ms
+        expires = ctx.now_ms + ctx.node.config.ttl_ms
         if self.vanish_ms is not None:
             expires = max(ctx.now_ms + 1, min(expires, self.vanish_ms))
-        sealed, outer = envelope.seal_with_outer(
-            node.identity,
-            self.to,
-            self.kind,
-            self.body,
-            timestamp_ms=ctx.now_ms,
-            expires_ms=expires,
-        )
-        self.rows.append((sealed, outer, int(self.kind), self.body))
+        self.seal(ctx.node, self.to, self.kind, self.body, now_ms=ctx.now_ms, expires_ms=expires)
         self.effect(store, ctx)
         super().apply(store, ctx)
 
@@ -564,24 +574,18 @@ class GroupOp(Enqueue):
     def __init__(self, group_id: bytes) -> None:
         super().__init__([])
         self.group_id = group_id
-        self.invalid: str | None = None
-        """Why nothing was done (nothing is stored then)."""
 
     def _seal_to(self, node: Node, to: Iterable[NodeId], kind: int, body: Any, now_ms: int) -> None:
         expires = now_ms + node.config.ttl_ms
         for member in to:
             if member != node.identity.node_id:
-                sealed, outer = envelope.seal_with_outer(
-                    node.identity, member, kind, body, timestamp_ms=now_ms, expires_ms=expires
-                )
-                self.rows.append((sealed, outer, int(kind), body))
+                self.seal(node, member, kind, body, now_ms=now_ms, expires_ms=expires)
 
     def apply(self, store: Store, ctx: BatchContext) -> None:
         try:
             self.build(store, ctx)
-        except (ValueError, groups.GroupError) as exc:
-            self.invalid = str(exc)
-            self.rows.clear()
+        except ValueError as exc:  # GroupError is one
+            self.refuse(str(exc))
             return
         super().apply(store, ctx)
 
@@ -1040,11 +1044,9 @@ class SendFile(Enqueue):
     ) -> None:
         super().__init__([])
         self.to, self.offer, self.data, self.file_hash = to, offer, data, file_hash
-        self.invalid: str | None = None
 
     def apply(self, store: Store, ctx: BatchContext) -> None:
-        node = ctx.node
-        expires = ctx.now_ms + node.config.ttl_ms
+        expires = ctx.now_ms + ctx.node.config.ttl_ms
         messages: list[tuple[MessageKind, wire.Value]] = [(MessageKind.FILE, self.offer.body())]
         if self.offer.parts:
             assert self.data is not None
@@ -1052,13 +1054,9 @@ class SendFile(Enqueue):
             messages += [(MessageKind.FILE_PART, body) for body in parts]
         try:
             for kind, body in messages:
-                sealed, outer = envelope.seal_with_outer(
-                    node.identity, self.to, kind, body, timestamp_ms=ctx.now_ms, expires_ms=expires
-                )
-                self.rows.append((sealed, outer, int(kind), body))
+                self.seal(ctx.node, self.to, kind, body, now_ms=ctx.now_ms, expires_ms=expires)
         except ValueError as exc:  # an offer the format cannot carry: this op only
-            self.invalid = str(exc)
-            self.rows.clear()
+            self.refuse(str(exc))
             return
         outer = self.rows[0][1]
         if self.file_hash is not None:
@@ -1072,9 +1070,7 @@ class SendFile(Enqueue):
                 expires,
             )
         super().apply(store, ctx)
-        store.accept_peer(self.to, ctx.now_ms)  # writing to someone accepts them
-        ctx.accepted.pop(self.to, None)
-        ctx.offered_by.add(self.to)  # so files it offered us are fetched now
+        self.accept_recipient(store, ctx, self.to)
 
 
 class AckOutcome(Op):
@@ -2301,16 +2297,16 @@ class Node:
                 for start in range(0, len(ids), MAX_RECEIPT_IDS):
                     chunk = ids[start : start + MAX_RECEIPT_IDS]
                     ids_value: list[wire.Value] = list(chunk)
-                    body: dict[wire.Key, wire.Value] = {"ids": ids_value}
-                    sealed, outer = envelope.seal_with_outer(
-                        self.identity,
+                    receipt = Enqueue([])
+                    receipt.seal(
+                        self,
                         sender,
                         kind,
-                        body,
-                        timestamp_ms=ctx.now_ms,
+                        {"ids": ids_value},
+                        now_ms=ctx.now_ms,
                         expires_ms=ctx.now_ms + self.config.ttl_ms,
                     )
-                    Enqueue([(sealed, outer, kind, body)]).apply(store, ctx)
+                    receipt.apply(store, ctx)
 
     # --- chat: who is accepted, read receipts, typing --------------------------
 
@@ -2434,13 +2430,7 @@ class Node:
         vanish = await self.store_call(self.store.timer, to)
         # A disappearing text's envelope expires with it: no relay keeps it longer.
         expires = now + (min(ttl, vanish) if vanish else ttl)
-        op = SendTexts(to, list(texts), now, expires, vanish)
-        await self.committer.submit(op)
-        await op.done.wait()
-        if op.error is not None:
-            raise StoreError(op.error)
-        if op.invalid is not None:
-            raise ValueError(op.invalid)
+        op = await self._commit(SendTexts(to, list(texts), now, expires, vanish))
         return [outer.message_id for _, outer, _, _ in op.rows]
 
     def inbox_event(self, msg: envelope.Message) -> dict[str, Any]:
@@ -2460,13 +2450,7 @@ class Node:
             event["group"], event["gm"] = group_id.hex(), shared.hex()
         if msg.kind == MessageKind.FILE:
             offer = files.parse_offer(msg.body)
-            event["file"] = {
-                "name": offer.name,
-                "size": offer.size,
-                "blake2b": offer.file_hash.hex(),
-                "state": "fetching",
-                "received": 0,
-            }
+            event["file"] = {**offer.summary(), "state": "fetching", "received": 0}
         return event
 
     async def send_file(self, to: NodeId, path: Path) -> tuple[bytes, files.Offer]:
@@ -2476,18 +2460,13 @@ class Node:
         offer, data, file_hash = await trio.to_thread.run_sync(self.transfers.stage, path)
         op = SendFile(to, offer, data, file_hash)
         try:
-            await self.committer.submit(op)
-            await op.done.wait()
+            await self._commit(op)
         finally:
             if file_hash is not None and op.done.is_set() and (op.error or op.invalid):
                 # Not stored: nothing will ever serve the copy. (One still
                 # waiting may yet be stored; a later start sweeps it if not.)
                 with trio.CancelScope(shield=True):
                     await trio.to_thread.run_sync(self.transfers.discard_copy, offer)
-        if op.error is not None:
-            raise StoreError(op.error)
-        if op.invalid is not None:
-            raise files.FileError(op.invalid)
         return op.rows[0][1].message_id, offer
 
     def files_offered(self, senders: set[NodeId]) -> None:
@@ -2505,11 +2484,16 @@ class Node:
         await self.committer.submit(op)
         await op.done.wait()
 
-    async def _send_change(self, op: SendChange) -> None:
+    async def _commit(self, op: _E) -> _E:
+        """Submit a send and wait until it is stored: StoreError if the store
+        failed, ValueError if the op refused (nothing stored either way)."""
         await self.committer.submit(op)
         await op.done.wait()
         if op.error is not None:
             raise StoreError(op.error)
+        if op.invalid is not None:
+            raise ValueError(op.invalid)
+        return op
 
     async def _message(self, message_id: bytes) -> MessageRef:
         found: MessageRef | None = await self.store_call(
@@ -2527,7 +2511,7 @@ class Node:
                 f"a reaction is an emoji of at most {envelope.MAX_REACTION_LEN} characters"
             )
         if len(message_id) == envelope.GROUP_MESSAGE_ID_LEN:
-            await self._group_op(ChangeGroupMessage(message_id, MessageKind.REACTION, {"e": emoji}))
+            await self._commit(ChangeGroupMessage(message_id, MessageKind.REACTION, {"e": emoji}))
             return
         target = await self._message(message_id)
         peer = target.peer
@@ -2539,7 +2523,7 @@ class Node:
 
         body: dict[wire.Key, wire.Value] = {"ref": message_id, "e": emoji}
         change = SendChange(peer, MessageKind.REACTION, body, effect, target.vanish_ms)
-        await self._send_change(change)
+        await self._commit(change)
 
     async def change_own_text(self, message_id: bytes, text: str | None) -> None:
         """Edit (`text`) or unsend (None) one of our texts, on both sides (on
@@ -2549,7 +2533,7 @@ class Node:
         if len(message_id) == envelope.GROUP_MESSAGE_ID_LEN:
             kind = MessageKind.DELETE if text is None else MessageKind.EDIT
             extra: dict[wire.Key, wire.Value] = {} if text is None else {"t": text}
-            await self._group_op(ChangeGroupMessage(message_id, kind, extra))
+            await self._commit(ChangeGroupMessage(message_id, kind, extra))
             return
         target = await self._message(message_id)
         peer = target.peer
@@ -2569,7 +2553,7 @@ class Node:
         kind = MessageKind.DELETE
         if text is not None:
             kind, body["t"] = MessageKind.EDIT, text
-        await self._send_change(SendChange(peer, kind, body, effect, target.vanish_ms))
+        await self._commit(SendChange(peer, kind, body, effect, target.vanish_ms))
 
     async def set_timer(self, peer: NodeId, after_ms: int) -> None:
         """Set the disappearing-message timer of a conversation, for both sides."""
@@ -2585,21 +2569,12 @@ class Node:
             store.set_timer(peer, after_ms, ctx.now_ms)
             ctx.events.append(("timer", {"peer": str(peer), "after": after_ms / 1000}))
 
-        await self._send_change(SendChange(peer, MessageKind.TIMER, {"after": after_ms}, effect))
-
-    async def _group_op(self, op: _G) -> _G:
-        await self.committer.submit(op)
-        await op.done.wait()
-        if op.error is not None:
-            raise StoreError(op.error)
-        if op.invalid is not None:
-            raise ValueError(op.invalid)
-        return op
+        await self._commit(SendChange(peer, MessageKind.TIMER, {"after": after_ms}, effect))
 
     async def create_group(self, name: str, members: Iterable[NodeId]) -> groups.GroupState:
         """A new group with us as its admin; every member is told."""
         group_id = os.urandom(groups.GROUP_ID_LEN)
-        op = await self._group_op(ChangeGroup(group_id, name=name, add=members, create=True))
+        op = await self._commit(ChangeGroup(group_id, name=name, add=members, create=True))
         assert op.state is not None
         return op.state
 
@@ -2614,7 +2589,7 @@ class Node:
     ) -> groups.GroupState:
         """Change a group we are an admin of (ValueError says why not)."""
         change = ChangeGroup(group_id, name=name, add=add, remove=remove, admins=admins)
-        op = await self._group_op(change)
+        op = await self._commit(change)
         assert op.state is not None
         return op.state
 
@@ -2623,7 +2598,7 @@ class Node:
     ) -> tuple[list[bytes], dict[NodeId, list[bytes]]]:
         """Send texts to every other member: returns the shared ids, and
         each member's envelope ids (their delivery state is per member)."""
-        op = await self._group_op(SendGroupText(group_id, texts))
+        op = await self._commit(SendGroupText(group_id, texts))
         per_member: dict[NodeId, list[bytes]] = {}
         for _, outer, _, _ in op.rows:
             per_member.setdefault(outer.recipient, []).append(outer.message_id)

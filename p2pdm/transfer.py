@@ -82,8 +82,8 @@ class Transfers:
         self.partial_dir = self.root / ".partial"
         self.inline_wake = trio.Event()
         self.created = time.time()
-        self._fetch_locks: dict[bytes, trio.Lock] = {}
         """Files older than this, left without a record, are a crash's leftovers."""
+        self._fetch_locks: dict[bytes, trio.Lock] = {}
 
     # --- sending ----------------------------------------------------------------
 
@@ -135,6 +135,10 @@ class Transfers:
     def _copy_of(self, offer_id: bytes) -> Path:
         """Our copy of a file we offered (one per offer, deleted when it ends)."""
         return self.sent_dir / offer_id.hex()
+
+    def _partial_of(self, offer_id: bytes) -> Path:
+        """Where a file offered to us is written until it is complete."""
+        return self.partial_dir / f"{offer_id.hex()}.part"
 
     def discard_copy(self, offer: Offer) -> None:
         """A send that did not store its offer: its copy goes (worker thread)."""
@@ -321,7 +325,7 @@ class Transfers:
         if entry.state != "fetching":
             return
         self.partial_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        part = self.partial_dir / f"{offer.offer_id.hex()}.part"
+        part = self._partial_of(offer.offer_id)
         fd, held = await trio.to_thread.run_sync(_open_part, part, entry.next_chunk)
         try:
             try:
@@ -463,7 +467,7 @@ class Transfers:
         """A file that came in messages (checked): write it out and finish it."""
         offer = files.parse_offer(entry.offer)
         self.partial_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        part = self.partial_dir / f"{offer.offer_id.hex()}.part"
+        part = self._partial_of(offer.offer_id)
         await trio.to_thread.run_sync(_write_whole, part, data)
         await self._finish(entry, offer, part, then)
 

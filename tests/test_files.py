@@ -81,16 +81,25 @@ async def start(nursery: trio.Nursery, home: Home, *bootstrap: Any, relay: bool 
     return node
 
 
+async def start_pair(
+    nursery: trio.Nursery, a_home: Home, b_home: Home, *, accept: bool = True
+) -> tuple[Node, Node]:
+    """b, then a bootstrapped to b; b accepts a first (files come only from
+    accepted peers) unless told not to."""
+    b = await start(nursery, b_home)
+    if accept:
+        await b.accept_peer(a_home.id)
+    return await start(nursery, a_home, b.bound[0]), b
+
+
 async def test_a_file_is_fetched_checked_and_then_delivered(tmp_path: Path) -> None:
     a_home, b_home = Home(tmp_path, "a"), Home(tmp_path, "b")
     source = tmp_path / "report.pdf"
     data = write(source, 12 * CHUNK_SIZE + 123)  # over the relay cap: fetched
     with trio.fail_after(DEADLINE):
         async with trio.open_nursery() as nursery:
-            b = await start(nursery, b_home)
-            await b.accept_peer(a_home.id)  # files come only from accepted peers
+            a, b = await start_pair(nursery, a_home, b_home)
             b_events = b.events.subscribe()
-            a = await start(nursery, a_home, b.bound[0])
             a_events = a.events.subscribe()
             mid, offer = await a.send_file(b_home.id, source)
             assert offer.inline is None
@@ -177,9 +186,8 @@ async def test_a_strangers_file_waits_until_the_user_accepts_them(tmp_path: Path
     data = write(source, 5 * CHUNK_SIZE)
     with trio.fail_after(DEADLINE):
         async with trio.open_nursery() as nursery:
-            b = await start(nursery, b_home)
+            a, b = await start_pair(nursery, a_home, b_home, accept=False)
             b_events = b.events.subscribe()
-            a = await start(nursery, a_home, b.bound[0])
             a_events = a.events.subscribe()
             mid, _ = await a.send_file(b_home.id, source)
             offer_event = await next_event(b_events, "message")
@@ -205,10 +213,8 @@ async def test_a_file_that_cannot_be_saved_fails_and_the_node_goes_on(tmp_path: 
     (tmp_path / "b" / "files").write_text("not a folder")  # the disk refuses
     with trio.fail_after(DEADLINE):
         async with trio.open_nursery() as nursery:
-            b = await start(nursery, b_home)
-            await b.accept_peer(a_home.id)
+            a, b = await start_pair(nursery, a_home, b_home)
             b_events = b.events.subscribe()
-            a = await start(nursery, a_home, b.bound[0])
             mid, _ = await a.send_file(b_home.id, source)
             event = await next_event(b_events, "file")
             assert (event["id"], event["state"]) == (mid.hex(), "failed")
@@ -237,10 +243,8 @@ async def test_a_corrupted_chunk_is_detected_and_fetched_again(tmp_path: Path) -
     data = write(source, 5 * CHUNK_SIZE)
     with trio.fail_after(DEADLINE):
         async with trio.open_nursery() as nursery:
-            b = await start(nursery, b_home)
-            await b.accept_peer(a_home.id)  # files come only from accepted peers
+            a, b = await start_pair(nursery, a_home, b_home)
             b_events = b.events.subscribe()
-            a = await start(nursery, a_home, b.bound[0])
             honest = a.transfers.seal_chunk
             lies: list[int] = []
 
@@ -268,10 +272,8 @@ async def test_a_sender_that_keeps_lying_is_disconnected_and_nothing_is_kept(
     write(source, 5 * CHUNK_SIZE)
     with trio.fail_after(DEADLINE):
         async with trio.open_nursery() as nursery:
-            b = await start(nursery, b_home)
-            await b.accept_peer(a_home.id)  # files come only from accepted peers
+            a, b = await start_pair(nursery, a_home, b_home)
             b_events = b.events.subscribe()
-            a = await start(nursery, a_home, b.bound[0])
 
             def lying(key: bytes, index: int, plain: bytes) -> bytes:
                 return files.seal_chunk(key, index, b"\0" * len(plain))

@@ -10,7 +10,7 @@ import trio
 from p2pdm import envelope
 from p2pdm.envelope import MessageKind
 from p2pdm.node import IncomingPush
-from tests.test_files import start
+from tests.test_files import start, start_pair
 from tests.test_relay import Home, until
 
 if TYPE_CHECKING:
@@ -40,9 +40,8 @@ async def test_edit_react_and_unsend_reach_the_other_side(tmp_path: Path) -> Non
     a_home, b_home = Home(tmp_path, "a"), Home(tmp_path, "b")
     with trio.fail_after(DEADLINE):
         async with trio.open_nursery() as nursery:
-            b = await start(nursery, b_home)
+            a, b = await start_pair(nursery, a_home, b_home, accept=False)
             b_events = b.events.subscribe()
-            a = await start(nursery, a_home, b.bound[0])
             a_events = a.events.subscribe()
             [typo, other] = await a.send_texts(b_home.id, ["helo", "see you"])
             await until(b_events, ("message", {"text": "helo"}), ("message", {"text": "see you"}))
@@ -122,9 +121,8 @@ async def test_disappearing_texts_vanish_from_both_sides(tmp_path: Path) -> None
     a_home, b_home = Home(tmp_path, "a"), Home(tmp_path, "b")
     with trio.fail_after(DEADLINE):
         async with trio.open_nursery() as nursery:
-            b = await start(nursery, b_home)
+            a, b = await start_pair(nursery, a_home, b_home, accept=False)
             b_events = b.events.subscribe()
-            a = await start(nursery, a_home, b.bound[0])
             a_events = a.events.subscribe()
             [before] = await a.send_texts(b_home.id, ["this one stays"])
             await a.set_timer(b_home.id, 5_000)
