@@ -422,10 +422,10 @@ async def test_a_fetch_cut_off_resumes_from_the_last_chunk_held(tmp_path: Path) 
             async with trio.open_nursery() as a_scope:
                 a = await start(a_scope, a_home, b.bound[0])
                 mid, _ = await a.send_file(b_home.id, source)
-                while (await next_event(b_events, "file"))["received"] < 20 * CHUNK_SIZE:
-                    pass
+                last = 0  # the last progress b showed
+                while last < 20 * CHUNK_SIZE:
+                    last = (await next_event(b_events, "file"))["received"]
                 a_scope.cancel_scope.cancel()  # the sender goes away
-            last = 0
             async for name, event in b_events:
                 if name == "file":
                     last = event["received"]
