@@ -559,7 +559,10 @@ class ChatApp(App[int]):
 
     async def _refresh_due(self) -> None:
         self._refresh_timer = None
-        await self.refresh_sidebar()
+        # A timer can fire while the app closes: its widgets are then gone
+        # at any await of the refresh, which is not an error.
+        with contextlib.suppress(NoMatches):
+            await self.refresh_sidebar()
 
     async def refresh_sidebar(self) -> None:
         chats = await self.api("get", "/v1/conversations")
@@ -578,10 +581,7 @@ class ChatApp(App[int]):
                 row["request"],
                 row["last_text"],
             )
-        try:
-            sidebar = self.query_one("#sidebar", ListView)
-        except NoMatches:
-            return  # the app closed while the node answered
+        sidebar = self.query_one("#sidebar", ListView)
         await sidebar.clear()
         items: list[ListItem] = []
         people = [c for c in self.conversations.values() if not c.request]
