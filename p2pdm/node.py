@@ -1161,6 +1161,8 @@ class PeerLink:
         self.conn = conn
         self.peer = conn.peer
         self.asked_for_records = node.wants_records()
+        self.peer_wants_records = False
+        """The peer asked for records at open (it knows few nodes)."""
         features = (EPHEMERAL_FEATURE, FILES_FEATURE) + (
             (PEX_WANT_FEATURE,) if self.asked_for_records else ()
         )
@@ -1635,6 +1637,7 @@ class PeerLink:
         await self.opened.wait()
         hello = self.session.peer_hello
         wants_all = hello is not None and PEX_WANT_FEATURE in hello.features
+        self.peer_wants_records = wants_all
         since = None if wants_all else (self.seen_before or self.node.now_ms())
         # A node that does not relay passes on others' records only to a peer
         # that asked, for as long as the link lasts: records it learns after
@@ -2127,11 +2130,15 @@ class Node:
             log.info("peer exchange with %s: %d new record(s)", link.peer.short(), len(kept))
             for peer in kept:
                 self.peer_table.new_address(peer)
-            # Relays gossip news; a node that does not relay keeps it (phones
-            # and laptops need not spend their links on others' addresses).
+            # Relays gossip news; a node that does not relay passes it only to
+            # peers that asked for records (phones and laptops need not spend
+            # their links on others' addresses, but a new peer may know no one).
             others = [other for other in self.links.values() if other is not link]
-            fanout = PEX_NEWS_FANOUT if self.config.relay else 0
-            for other in self._rng.sample(others, min(fanout, len(others))):
+            if self.config.relay:
+                chosen = self._rng.sample(others, min(PEX_NEWS_FANOUT, len(others)))
+            else:
+                chosen = [other for other in others if other.peer_wants_records]
+            for other in chosen:
                 other.pex_news()
             self.poke_dialer()
 

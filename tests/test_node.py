@@ -191,6 +191,26 @@ async def test_a_node_learns_a_peer_by_exchange_and_dials_it_for_mail(tmp_path: 
             nursery.cancel_scope.cancel()
 
 
+async def test_a_relay_off_node_passes_news_to_a_peer_that_asked(tmp_path: Path) -> None:
+    # d connects to b (relay off) while b knows no one else, so b's first
+    # PEERS to d holds b alone. Then a connects to b: b passes a's record
+    # on to d, which asked for records, and d dials a for its mail.
+    b = make_node(tmp_path, "b", relay=False)
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(b.run)
+            d = make_node(tmp_path, "d", bootstrap=(b.bound[0],))
+            d_events = d.events.subscribe()
+            await nursery.start(d.run)
+            await next_event(d_events, "peer")  # connected to b
+            a = make_node(tmp_path, "a", bootstrap=(b.bound[0],))
+            [mid] = await d.send_texts(a.identity.node_id, ["you came later"])
+            await nursery.start(a.run)
+            while (await next_event(d_events, "delivered"))["id"] != mid.hex():
+                pass
+            nursery.cancel_scope.cancel()
+
+
 async def test_event_subscribers_that_closed_are_forgotten_without_any_event() -> None:
     hub = EventHub()
     for _ in range(100):
