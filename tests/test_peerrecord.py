@@ -250,6 +250,7 @@ class FakeLink:
         self.peer, self.asked_for_records = peer, asked_for_records
         self.via_loopback = True
         self.peer_has: dict[NodeId, int] = {}
+        self.peer_wants_records = False
         self.news = 0
 
     def pex_news(self) -> None:
@@ -272,6 +273,19 @@ async def test_news_of_a_record_goes_to_a_few_links_and_only_from_relays(
     assert links[0].news == 0  # not back to where it came from
     assert sum(link.news for link in links) == told
     assert source.peer_has == {alice.node_id: 1}
+    node.store.close()
+
+
+async def test_a_relay_off_node_tells_news_only_to_peers_that_asked(
+    tmp_path: Path, alice: Identity
+) -> None:
+    node = make_node(tmp_path, "n", relay=False)
+    links = [FakeLink(Identity.generate().node_id) for _ in range(5)]
+    links[3].peer_wants_records = True
+    node.links = {link.peer: link for link in links}  # type: ignore[misc]
+    record = PeerRecord.create(alice, ADDRS[:1], seq=1, timestamp_ms=node.now_ms())
+    await node.take_records(cast("PeerLink", links[0]), (record.data,))
+    assert [link.news for link in links] == [0, 0, 0, 1, 0]
     node.store.close()
 
 
