@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from p2pdm.identity import NodeId
 from p2pdm.store import Store
 
+from .crash_campaign import VICTIMS, campaign
 from .nodeproc import DEADLINE, NodeProcess, cli, init_home, json_lines
 
 if TYPE_CHECKING:
@@ -135,3 +136,13 @@ def test_relay_killed_while_receiving_loses_nothing_it_acknowledged(tmp_path: Pa
         r.close()
         if r2 is not None:
             r2.close()
+
+
+def test_a_short_crash_campaign_loses_and_doubles_nothing() -> None:
+    """Ten runs of `scripts/crash_campaign.py`: each victim killed three or four times."""
+    results = campaign(10, seed=7)
+    failed = [r.summary() for r in results if not r.ok]
+    assert not failed, failed
+    # The kills land mid-stream (a late kill would prove little).
+    for victim in VICTIMS:
+        assert any(r.mid_stream for r in results if r.victim == victim), victim
