@@ -53,6 +53,9 @@ PASSPHRASE_ENV = "P2PDM_PASSPHRASE"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_TIMEOUT = 0, 1, 2, 3
 # Messages per API request when sending many from --stdin.
 SEND_CHUNK = 500
+# `--clock-offset` is for trying a node with a wrong clock; a week covers
+# any clock a user could live with.
+MAX_CLOCK_OFFSET_S = 7 * 86_400
 # Ids per outbox query: 200 hex ids make a 13 KB URL, under the API's 16 KB.
 OUTBOX_QUERY_CHUNK = 200
 
@@ -127,6 +130,18 @@ def _addresses(
     return tuple(out)
 
 
+def _clock_offset_ms(seconds: object) -> int:
+    if seconds is None:
+        return 0
+    if not isinstance(seconds, int) or abs(seconds) > MAX_CLOCK_OFFSET_S:
+        raise CliError(
+            f"--clock-offset (clock_offset_s) is whole seconds, at most {MAX_CLOCK_OFFSET_S}"
+            " either way",
+            EXIT_USAGE,
+        )
+    return seconds * 1000
+
+
 def cmd_run(home: Path, args: argparse.Namespace) -> int:
     from p2pdm.daemon import run_daemon
     from p2pdm.files import DEFAULT_RELAYED_SIZE, MAX_RELAYED_SIZE
@@ -176,6 +191,9 @@ def cmd_run(home: Path, args: argparse.Namespace) -> int:
         name=name if isinstance(name, str) else None,
         limits=limits,
         relay_file_max=DEFAULT_RELAYED_SIZE if relay_kib is None else relay_kib * 1024,
+        clock_offset_ms=_clock_offset_ms(
+            args.clock_offset if args.clock_offset is not None else conf.get("clock_offset_s")
+        ),
     )
     identity = _unlock(home)
     return run_daemon(config, identity)
@@ -650,6 +668,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         metavar="KIB",
         help="send files up to this size in parts that relays carry (default 1024)",
+    )
+    p.add_argument(
+        "--clock-offset",
+        type=int,
+        metavar="SECONDS",
+        help="run as if the clock were off by this much (for testing; default 0)",
     )
     p.add_argument(
         "--limit",

@@ -79,6 +79,7 @@ CONFIG_KEYS: dict[str, tuple[type, str]] = {
     "log_level": (str, "debug, info, warning or error"),
     "ttl_days": (int, "how long sent messages live before they expire"),
     "relay_file_kib": (int, "files up to this size go through relays (default 1024)"),
+    "clock_offset_s": (int, "run as if the clock were off by this many seconds (testing)"),
     "limits": (dict, "transport limits, e.g. {handshake_timeout = 5} (see docs)"),
 }
 

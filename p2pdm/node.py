@@ -215,6 +215,9 @@ class NodeConfig:
     relay_file_max: int = files.DEFAULT_RELAYED_SIZE
     """Files up to this size are sent in parts that relays carry; larger
     ones only directly (config `relay_file_kib`)."""
+    clock_offset_ms: int = 0
+    """Added to the wall clock wherever the node reads it (`--clock-offset`):
+    runs a node as if its clock were wrong, as users' clocks can be."""
 
 
 # --- events for the local API -------------------------------------------------
@@ -1704,7 +1707,8 @@ class Node:
         self.config = config
         self.identity = identity
         self.store = store
-        self.now_ms = clock_ms
+        offset = config.clock_offset_ms
+        self.now_ms: Callable[[], int] = (lambda: clock_ms() + offset) if offset else clock_ms
         self._rng = rng or random.Random()
         self.static = NoiseStatic.generate(identity)
         self.committer = Committer(self, store)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import time
 from typing import TYPE_CHECKING
 
 from .nodeproc import DEADLINE, NodeProcess, cli, init_home, json_lines
@@ -212,3 +213,26 @@ def test_run_refuses_bad_options_with_exit_2(tmp_path: Path) -> None:
         )
         assert result.returncode == 2
         assert "ttl_days must be" in result.stderr
+
+
+def test_a_node_an_hour_ahead_still_delivers_and_stamps_its_own_time(tmp_path: Path) -> None:
+    init_home(tmp_path / "a")
+    b_id = init_home(tmp_path / "b")
+    b = NodeProcess(tmp_path / "b").start()
+    a = NodeProcess(tmp_path / "a", "--bootstrap", b.address, "--clock-offset", "3600")
+    try:
+        a.start()
+        before = time.time()
+        sent = cli(a.home, "send", b_id, "from the future", "--wait", "30")
+        assert sent.returncode == 0, sent.stderr
+        (got,) = json_lines(cli(b.home, "inbox", "--json").stdout)
+        assert got["text"] == "from the future"
+        assert got["ts"] >= before + 3600  # A's clock, not B's
+        assert got["received"] < before + 3600
+    finally:
+        a.close()
+        b.close()
+    for bad in ("604801", "-604801", "soon"):
+        refused = cli(tmp_path / "a", "run", "--no-mdns", "--clock-offset", bad)
+        assert refused.returncode == 2, refused.stderr
+        assert "--clock-offset" in refused.stderr
