@@ -3037,7 +3037,9 @@ class Store:
                 )
             if expires_ms <= now_ms:
                 return RelayVerdict(RelayResult.REFUSED, "message has expired")
-            if expires_ms - now_ms > quota.max_ttl_ms:
+            # The sender set the expiry by its clock, which may run ahead
+            # of ours: as far as a timestamp may, before it counts as long.
+            if expires_ms - now_ms > quota.max_ttl_ms + MAX_FUTURE_SKEW_MS:
                 days = quota.max_ttl_ms / 86_400_000
                 return RelayVerdict(
                     RelayResult.REFUSED, f"expiry is beyond this relay's limit of {days:g} days"

@@ -98,7 +98,7 @@ def test_total_storage_ttl_size_and_expiry_limits_refuse_with_reasons(
     cases = [
         (sealed_for(a, b, "t"), RelayQuota(max_total_bytes=10), "relay storage is full"),
         (sealed_for(a, b, "s" * 200), RelayQuota(max_envelope_bytes=100), "over this relay"),
-        (sealed_for(a, b, "l", exp=NOW + 8 * DAY), RelayQuota(), "beyond this relay's limit"),
+        (sealed_for(a, b, "l", exp=NOW + 8 * DAY + 1), RelayQuota(), "beyond this relay's limit"),
         (sealed_for(a, b, "e", exp=NOW - 1), RelayQuota(), "expired"),
     ]
     for outer, quota, why in cases:
@@ -109,6 +109,16 @@ def test_total_storage_ttl_size_and_expiry_limits_refuse_with_reasons(
         assert verdict.result is RelayResult.REFUSED
         assert why in verdict.reason
     assert db.relay_usage() == (0, 0)
+
+
+def test_a_sender_whose_clock_runs_ahead_can_still_use_the_relay(
+    db: Store, people: tuple[Identity, ...]
+) -> None:
+    """A 7-day message from a clock an hour ahead expires 7 days and an hour
+    from now by ours; a relay with the default 7-day limit still holds it."""
+    a, b, up, _ = people
+    ahead = sealed_for(a, b, "from a fast clock", exp=NOW + 7 * DAY + 3600_000)
+    assert hold(db, ahead, up) is RelayResult.STORED
 
 
 def test_delivery_drops_only_copies_for_the_signer_and_later_copies_are_refused(
