@@ -16,7 +16,9 @@ from typing import TYPE_CHECKING
 import pytest
 import trio
 
-from p2pdm.session import DEFAULT_WINDOW
+from p2pdm.envelope import MessageKind
+from p2pdm.node import RESEND_AFTER_MS
+from p2pdm.session import DEFAULT_WINDOW, AckStatus
 
 from .hostile import (
     Harness,
@@ -25,6 +27,7 @@ from .hostile import (
     harness_nodes,
     seal_text,
 )
+from .nodes import next_event
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -90,3 +93,50 @@ async def test_a_push_flood_is_cut_off_at_the_window(
         assert written < FLOOD  # A stopped reading long before
         assert [r.body for r in a.store.inbox() if r.sender == me.node_id] == ["flood"]
     assert set(a.links) == {harness.b.identity.node_id}
+
+
+async def test_a_replayed_envelope_is_stored_once(harness: Harness) -> None:
+    """A captured envelope from B to A, pushed 600 times by two attackers:
+    A keeps one copy, every replay is a duplicate, and A does not answer
+    each replay with a new receipt to B."""
+    a, b = harness.a, harness.b
+    with trio.fail_after(DEADLINE):
+        events = b.events.subscribe()
+        [mid] = await b.send_texts(a.identity.node_id, ["the original"])
+        while (await next_event(events, "delivered"))["id"] != mid.hex():
+            pass
+        row = b.store.outbox_message(mid)
+        assert row is not None
+        captured = row.envelope
+        outbox_before = len(a.store.outbox())
+        stop = trio.Event()
+        statuses: list[AckStatus] = []
+
+        async def replay(n: int) -> None:
+            peer = await HostilePeer.connect(harness.port, source=attacker_source(n))
+            statuses.extend(ack.status for ack in await peer.push_all([captured] * 300))
+            await peer.aclose()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(harness.exchange_until, stop)
+            async with trio.open_nursery() as replays:
+                for n in range(2):
+                    replays.start_soon(replay, n)
+            stop.set()
+        await harness.legit_exchange()
+
+    assert statuses == [AckStatus.DUPLICATE] * 600
+    assert [r.body for r in a.store.inbox() if r.sender == b.identity.node_id].count(
+        "the original"
+    ) == 1
+    # A's outbox grew by B's exchanges' receipts, not by one per replay.
+    receipts_to_b = [
+        r
+        for r in a.store.outbox()[outbox_before:]
+        if r.recipient == b.identity.node_id and r.kind == MessageKind.RECEIPT
+    ]
+    replayed = [r for r in receipts_to_b if mid in r.body["ids"]]  # type: ignore[index,operator]
+    assert len(replayed) <= 1, f"{len(replayed)} receipts for one replayed message"
+    # The sender's own resend comes a resend delay later: that copy gets one.
+    assert a.receipt_again(mid, a.now_ms() + RESEND_AFTER_MS)
+    assert not a.receipt_again(mid, a.now_ms() + RESEND_AFTER_MS)
