@@ -16,14 +16,19 @@ from typing import TYPE_CHECKING
 import pytest
 import trio
 
+from p2pdm import envelope, wire
 from p2pdm.envelope import MessageKind
+from p2pdm.identity import Identity
 from p2pdm.node import RESEND_AFTER_MS
-from p2pdm.session import DEFAULT_WINDOW, AckStatus
+from p2pdm.notice import NOTICE_CONTEXT, DeliveryNotice
+from p2pdm.session import DEFAULT_WINDOW, AckStatus, PongReceived
+from p2pdm.store import OutboxState
 
 from .hostile import (
     Harness,
     HostilePeer,
     attacker_source,
+    forge_envelope,
     harness_nodes,
     seal_text,
 )
@@ -33,7 +38,7 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator
     from pathlib import Path
 
-    from p2pdm.identity import Identity, NodeId
+    from p2pdm.identity import NodeId
 
 DEADLINE = 30
 # Far more PUSH frames than fit in both ends' socket buffers (~700 bytes each).
@@ -140,3 +145,68 @@ async def test_a_replayed_envelope_is_stored_once(harness: Harness) -> None:
     # The sender's own resend comes a resend delay later: that copy gets one.
     assert a.receipt_again(mid, a.now_ms() + RESEND_AFTER_MS)
     assert not a.receipt_again(mid, a.now_ms() + RESEND_AFTER_MS)
+
+
+async def test_forged_envelopes_receipts_and_notices_change_nothing(harness: Harness) -> None:
+    """A holds messages for C, who is away. An attacker tries to pass off
+    messages as B's and to mark A's messages to C delivered: receipts and
+    notices signed by itself (for messages it never received) and ones that
+    claim to be C's but carry its own signature. Forged envelopes are
+    refused with a reason, the attacker's own receipt is stored but moves
+    nothing, notices move nothing, and A's outbox to C stays pending."""
+    a, b = harness.a, harness.b
+    carol = Identity.generate()
+    mallory = Identity.generate()
+    ids = await a.send_texts(carol.node_id, [f"for carol {i}" for i in range(5)])
+
+    def undelivered_to_carol() -> list[bytes]:
+        """A's messages to C not delivered (B, a relay, may have taken copies)."""
+        rows = [r for r in a.store.outbox() if r.recipient == carol.node_id]
+        waiting = (OutboxState.QUEUED, OutboxState.SENT)
+        return [r.message_id for r in rows if r.state in waiting and r.delivered_ms is None]
+
+    assert undelivered_to_carol() == ids
+    me, now = a.identity.node_id, a.now_ms()
+    receipt: dict[str, wire.Value] = {"ids": list(ids)}
+    forged = {
+        "text in B's name": forge_envelope(
+            mallory, b.identity.node_id, me, MessageKind.TEXT, "hi", now
+        ),
+        "receipt in C's name": forge_envelope(
+            mallory, carol.node_id, me, MessageKind.RECEIPT, receipt, now
+        ),
+        "read receipt in C's name": forge_envelope(
+            mallory, carol.node_id, me, MessageKind.READ, receipt, now
+        ),
+    }
+    own_receipt = envelope.seal(
+        mallory, me, MessageKind.RECEIPT, receipt, timestamp_ms=now, expires_ms=now + 60_000
+    )
+    own_notice = DeliveryNotice.create(mallory, ids, now).data
+    body = wire.encode({"by": carol.node_id.public_key, "ids": list(ids), "ts": now})
+    carol_notice = wire.encode({"notice": body, "sig": mallory.sign(NOTICE_CONTEXT + body)})
+
+    with trio.fail_after(DEADLINE):
+        stop = trio.Event()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(harness.exchange_until, stop)
+            peer = await HostilePeer.connect(harness.port, mallory)
+            acks = await peer.push_all(list(forged.values()))
+            own = await peer.push(own_receipt)
+            for notice in (own_notice, carol_notice):
+                await peer.send_notice(notice)
+            # A ping answered means A has read (and handled) the notices.
+            await peer.conn.send(peer.session.ping_frame(7))
+            while not isinstance(peer.session.receive(await peer.conn.receive()), PongReceived):
+                pass
+            stop.set()
+        await peer.aclose()
+        await harness.legit_exchange()
+
+    for what, ack in zip(forged, acks, strict=True):
+        assert ack.status is AckStatus.REFUSED, what
+        assert "bad signature" in ack.reason, (what, ack.reason)
+    assert own.status is AckStatus.STORED  # a receipt it may send: about its own mail
+    assert undelivered_to_carol() == ids
+    assert all(r.sender != b.identity.node_id or r.body != "hi" for r in a.store.inbox())
+    assert a.notices_taken == 0
