@@ -10,6 +10,7 @@ memory figures come from scripts/hostile_bench.py.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import TYPE_CHECKING
 
@@ -21,15 +22,17 @@ from p2pdm.envelope import MessageKind
 from p2pdm.identity import Identity
 from p2pdm.node import RESEND_AFTER_MS
 from p2pdm.notice import NOTICE_CONTEXT, DeliveryNotice
-from p2pdm.session import DEFAULT_WINDOW, AckStatus, PongReceived
+from p2pdm.session import DEFAULT_WINDOW, AckReceived, AckStatus, PongReceived
 from p2pdm.store import OutboxState
 
 from .hostile import (
+    LIMITS,
     Harness,
     HostilePeer,
     attacker_source,
     forge_envelope,
     harness_nodes,
+    junk_for_relay,
     seal_text,
 )
 from .nodes import next_event
@@ -210,3 +213,51 @@ async def test_forged_envelopes_receipts_and_notices_change_nothing(harness: Har
     assert undelivered_to_carol() == ids
     assert all(r.sender != b.identity.node_id or r.body != "hi" for r in a.store.inbox())
     assert a.notices_taken == 0
+
+
+RELAY_LIMITS = dataclasses.replace(LIMITS, relay_peer_bytes=48 << 10, relay_max_bytes=100 << 10)
+
+
+async def test_a_relay_past_its_quotas_stores_at_most_them(tmp_path: Path) -> None:
+    """Three attackers push 2 KiB envelopes for strangers, 100 each (600 KiB
+    in all), to a relay allowing 48 KiB per uploader and 100 KiB in all: it
+    holds at most that, refuses the rest with the reason, and B's mail flows."""
+    size, per_attacker = 2048, 100
+    async with harness_nodes(tmp_path, RELAY_LIMITS) as harness:
+        a = harness.a
+        verdicts: dict[NodeId, list[AckReceived]] = {}
+
+        async def upload(n: int) -> None:
+            peer = await HostilePeer.connect(harness.port, source=attacker_source(n))
+            now = a.now_ms()
+            junk = [
+                junk_for_relay(Identity.generate().node_id, size, now, salt=n * 1000 + i)
+                for i in range(per_attacker)
+            ]
+            verdicts[peer.node_id] = await peer.push_all(junk)
+            await peer.aclose()
+
+        with trio.fail_after(DEADLINE):
+            stop = trio.Event()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(harness.exchange_until, stop)
+                async with trio.open_nursery() as uploads:
+                    for n in range(3):
+                        uploads.start_soon(upload, n)
+                stop.set()
+            await harness.legit_exchange()
+
+        held_total = a.store.relay_usage()[1]
+        assert held_total <= RELAY_LIMITS.relay_max_bytes
+        for uploader, acks in verdicts.items():
+            stored = [ack for ack in acks if ack.status is AckStatus.STORED]
+            refused = [ack for ack in acks if ack.status is AckStatus.REFUSED]
+            assert len(stored) + len(refused) == per_attacker
+            assert a.store.relay_usage(uploader)[1] <= RELAY_LIMITS.relay_peer_bytes
+            assert stored, "each attacker gets its fair share first"
+            assert {ack.reason for ack in refused} <= {
+                f"relay quota for this peer is full ({RELAY_LIMITS.relay_peer_bytes} bytes)",
+                f"relay storage is full ({RELAY_LIMITS.relay_max_bytes} bytes)",
+            }
+        # Filled to within one envelope of the total: the quotas, not luck, refused.
+        assert held_total > RELAY_LIMITS.relay_max_bytes - 2 * size
