@@ -49,6 +49,8 @@ LIMITS = TransportLimits(
     send_timeout=2.0,
 )
 TTL_MS = 60_000
+# The window a hostile peer grants in its HELLO: what a node may have in flight to it.
+HOSTILE_WINDOW = 64
 
 
 def attacker_source(n: int) -> str:
@@ -166,7 +168,7 @@ class HostilePeer:
         except BaseException:
             await stream.aclose()
             raise
-        session = Session(Hello(64, relay, (), "hostile"))
+        session = Session(Hello(HOSTILE_WINDOW, relay, (), "hostile"))
         await conn.send(session.hello_frame())
         while session.peer_hello is None:
             session.receive(await conn.receive())

@@ -10,8 +10,10 @@ memory figures come from scripts/hostile_bench.py.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
+import resource
 from typing import TYPE_CHECKING
 
 import pytest
@@ -19,26 +21,30 @@ import trio
 
 from p2pdm import envelope, wire
 from p2pdm.envelope import MessageKind
+from p2pdm.handshake import Handshake
 from p2pdm.identity import Identity
-from p2pdm.node import RESEND_AFTER_MS
+from p2pdm.node import MAX_LINK_QUEUE, RESEND_AFTER_MS
 from p2pdm.notice import NOTICE_CONTEXT, DeliveryNotice
 from p2pdm.session import DEFAULT_WINDOW, AckReceived, AckStatus, PongReceived
 from p2pdm.store import OutboxState
 
 from .hostile import (
+    HOSTILE_WINDOW,
     LIMITS,
     Harness,
     HostilePeer,
     attacker_source,
+    attacker_stream,
+    closed_by_node,
     forge_envelope,
     harness_nodes,
     junk_for_relay,
     seal_text,
 )
-from .nodes import next_event
+from .nodes import make_node, next_event
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Iterator
     from pathlib import Path
 
     from p2pdm.identity import NodeId
@@ -261,3 +267,88 @@ async def test_a_relay_past_its_quotas_stores_at_most_them(tmp_path: Path) -> No
             }
         # Filled to within one envelope of the total: the quotas, not luck, refused.
         assert held_total > RELAY_LIMITS.relay_max_bytes - 2 * size
+
+
+@contextlib.contextmanager
+def open_files(wanted: int) -> Iterator[None]:
+    """Let this process have `wanted` descriptors open (the soft limit is often
+    1,024), or skip if the hard limit does not allow it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < wanted:
+        pytest.skip(f"needs {wanted} open files; the hard limit is {hard}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, wanted), hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+async def test_1000_half_open_connections(harness: Harness, tmp_path: Path) -> None:
+    """1,000 connections that send nothing or half a handshake, from 125
+    addresses (8 each: within the per-address burst, so the cap on
+    handshakes in progress is what must hold). While they are open, B keeps
+    exchanging and a new peer C connects and delivers."""
+    a = harness.a
+    half_handshake = wire.encode_frame(Handshake(Identity.generate(), initiator=True).start())
+    with open_files(4096), trio.fail_after(DEADLINE):
+        streams = []
+        peak = 0
+        for i in range(1000):
+            stream = await attacker_stream(harness.port, attacker_source(i // 8))
+            if i % 2:
+                with contextlib.suppress(trio.BrokenResourceError):
+                    await stream.send_all(half_handshake)
+            streams.append(stream)
+            peak = max(peak, a._admission.half_open)
+        await harness.legit_exchange()
+        events = a.events.subscribe()
+        c = make_node(tmp_path, "c", bootstrap=(a.bound[0],), limits=LIMITS)
+        try:
+            await harness.nursery.start(c.run)
+            while (await next_event(events, "peer"))["id"] != str(c.identity.node_id):
+                peak = max(peak, a._admission.half_open)
+            [mid] = await c.send_texts(a.identity.node_id, ["through the crowd"])
+            c_events = c.events.subscribe()
+            while (await next_event(c_events, "delivered"))["id"] != mid.hex():
+                pass
+            assert peak <= LIMITS.max_half_open
+            async with trio.open_nursery() as nursery:
+                for stream in streams:
+                    nursery.start_soon(closed_by_node, stream)
+            assert a._admission.half_open == 0
+            assert set(a.links) == {harness.b.identity.node_id, c.identity.node_id}
+            await harness.legit_exchange()
+        finally:
+            with trio.CancelScope(shield=True):
+                await c.shutdown()
+            c.store.close()
+
+
+async def test_a_peer_that_reads_nothing_is_dropped_and_its_mail_kept(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A has 3,000 messages for a peer that reads and sends nothing: its link
+    holds at most MAX_LINK_QUEUE of them and a window in flight, the peer is
+    dropped, every message stays in the outbox, and B's mail flows."""
+    caplog.set_level(logging.INFO, logger="p2pdm.node")
+    a = harness.a
+    with trio.fail_after(DEADLINE):
+        events = a.events.subscribe()
+        lazy = await HostilePeer.connect(harness.port)
+        link = a.links[lazy.node_id]
+        await a.send_texts(lazy.node_id, [f"{i:04d} " + "x" * 2000 for i in range(3000)])
+        await harness.legit_exchange()
+        while True:
+            event = await next_event(events, "peer")
+            if event["id"] == str(lazy.node_id) and not event["connected"]:
+                break
+        await lazy.aclose()
+        await harness.legit_exchange()
+    assert len(link.queue) <= MAX_LINK_QUEUE
+    assert link.session.in_flight <= HOSTILE_WINDOW
+    [reason] = disconnect_reasons(caplog, lazy.node_id)
+    assert reason.startswith(("no frame for", "send failed", "peer read nothing")), reason
+    queued = [r for r in a.store.outbox() if r.recipient == lazy.node_id]
+    assert len(queued) == 3000
+    # None lost; once the peer is away, A may hand copies to B (a relay).
+    assert all(r.state in (OutboxState.QUEUED, OutboxState.SENT) for r in queued)
