@@ -17,8 +17,10 @@ from p2pdm import __version__, files, groups, wire
 from p2pdm.envelope import (
     CHANGE_KINDS,
     GROUP_MESSAGE_ID_LEN,
+    MAX_DISAPPEAR_MS,
     MAX_TEXT_LEN,
     MESSAGE_ID_LEN,
+    MIN_DISAPPEAR_MS,
     RECEIPT_KINDS,
     MessageKind,
 )
@@ -351,6 +353,13 @@ class Api:
         seconds = body.get("seconds") if isinstance(body, dict) else None
         if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds < 0:
             raise ApiError(400, 'body must be {"seconds": N} (0 turns it off)')
+        # Checked before scaling: 1e308 s in ms is infinity, which round() refuses.
+        if seconds > MAX_DISAPPEAR_MS / 1000:
+            raise ApiError(
+                400,
+                f"the timer is off (0) or {MIN_DISAPPEAR_MS // 1000} s to "
+                f"{MAX_DISAPPEAR_MS // 86_400_000} days",
+            )
         return await self._changed(self.node.set_timer(peer, round(seconds * 1000)))
 
     # --- files ----------------------------------------------------------------

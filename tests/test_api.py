@@ -66,6 +66,24 @@ async def test_bad_message_lifetimes_are_a_400(tmp_path: Path, ttl: object) -> N
             nursery.cancel_scope.cancel()
 
 
+@pytest.mark.parametrize("seconds", [1e308, 9.4e307, 10**400, 2419201])
+async def test_bad_disappearing_timers_are_a_400(tmp_path: Path, seconds: float) -> None:
+    node = make_node(tmp_path, "n")
+    other = make_node(tmp_path, "o")
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(node.run)
+            await nursery.start(serve_unix, tmp_path / "api.sock", Api(node).router())
+            client = ApiClient(tmp_path / "api.sock", timeout=DEADLINE)
+            path = f"/v1/conversations/{other.identity.node_id}/timer"
+            refused = await answer(client, "post", path, {"seconds": seconds})
+            assert refused.status == 400
+            assert "the timer is off (0) or 5 s to 28 days" in str(refused)
+            assert node.store.timer(other.identity.node_id) == 0  # nothing changed
+            nursery.cancel_scope.cancel()
+    other.store.close()
+
+
 async def test_lists_without_a_limit_are_bounded(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
