@@ -605,6 +605,8 @@ class Api:
     async def outbox(self, request: Request) -> Response:
         node = self.node
         wanted = request.query.get("ids")
+        # Checked even with ?ids= (which it does not bound): a bad one is never ignored.
+        limit = _int_query(request, "limit", 1, MAX_LIST) or DEFAULT_LIST
         if wanted is not None:
             try:
                 ids = [bytes.fromhex(i) for i in wanted.split(",") if i]
@@ -613,7 +615,6 @@ class Api:
             rows = [await self._store(node.store.outbox_message, i) for i in ids]
             found = [r for r in rows if r is not None]
         else:
-            limit = _int_query(request, "limit", 1, MAX_LIST) or DEFAULT_LIST
             found = await self._store(node.store.outbox, limit)
         return json_response(
             {"messages": [outbox_json(r) for r in found if r.kind not in RECEIPT_KINDS]}

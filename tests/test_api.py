@@ -41,8 +41,12 @@ async def test_bad_limits_are_a_400_not_a_crash(tmp_path: Path, limit: str) -> N
             await nursery.start(node.run)
             await nursery.start(serve_unix, tmp_path / "api.sock", Api(node).router())
             client = ApiClient(tmp_path / "api.sock", timeout=DEADLINE)
-            for path in ("/v1/inbox", "/v1/outbox"):
-                refused = await answer(client, "get", path, limit=limit)
+            for path, query in [
+                ("/v1/inbox", {}),
+                ("/v1/outbox", {}),
+                ("/v1/outbox", {"ids": "00" * 32}),
+            ]:
+                refused = await answer(client, "get", path, limit=limit, **query)
                 assert refused.status == 400
                 assert "limit must be an integer" in str(refused)
             nursery.cancel_scope.cancel()
