@@ -808,9 +808,339 @@ class Api:
         return StreamResponse(events(), keepalive=EVENT_KEEPALIVE, on_close=channel.close)
 
 
-def _op(summary: str, **extra: Any) -> dict[str, Any]:
-    return {"summary": summary, "responses": {"200": {"description": "OK"}}, **extra}
+# --- the OpenAPI document ---------------------------------------------------------
+# Every request and answer shape, so a client (or a fuzzer) can be generated
+# from it and answers checked against it. Schemas are OpenAPI 3.0 (JSON Schema
+# with `nullable`); objects the node answers with list every field they have.
 
+_ERRORS = {
+    400: "The request is wrong (bad JSON, a missing or mistyped field, an unknown peer)",
+    404: "No such path, or nothing by that name",
+    409: "The peer is blocked",
+    413: "The request body is over 1 MiB",
+    503: "Too many event streams are open",
+    507: "Not stored (the disk is full or failing); nothing was sent",
+}
+# Any request may be malformed or too large.
+_ALWAYS = (400, 413)
+
+
+def _ref(name: str) -> dict[str, Any]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    return {**schema, "nullable": True}
+
+
+def _obj(required: dict[str, Any], optional: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A closed object of these fields (the node adds none the document lacks)."""
+    out: dict[str, Any] = {
+        "type": "object",
+        "properties": {**required, **(optional or {})},
+        "additionalProperties": False,
+    }
+    if required:
+        out["required"] = list(required)
+    return out
+
+
+def _list_of(field: str, item: dict[str, Any]) -> dict[str, Any]:
+    return _obj({field: {"type": "array", "items": item}})
+
+
+def _json(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"application/json": {"schema": schema}}
+
+
+def _op(
+    summary: str,
+    answer: dict[str, Any],
+    *,
+    status: int = 200,
+    errors: tuple[int, ...] = (),
+    body: dict[str, Any] | None = None,
+    params: tuple[dict[str, Any], ...] = (),
+) -> dict[str, Any]:
+    responses: dict[str, Any] = {str(status): {"description": "OK", "content": _json(answer)}}
+    for code in sorted({*_ALWAYS, *errors}):
+        responses[str(code)] = {"description": _ERRORS[code], "content": _json(_ref("Error"))}
+    out: dict[str, Any] = {"summary": summary, "responses": responses}
+    if params:
+        out["parameters"] = list(params)
+    if body is not None:
+        out["requestBody"] = {"required": True, "content": _json(body)}
+    return out
+
+
+def _path(name: str, description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "path",
+        "required": True,
+        "description": description,
+        "schema": schema or {"type": "string", "minLength": 1},
+    }
+
+
+def _query(
+    name: str, description: str, schema: dict[str, Any], *, required: bool = False
+) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "query",
+        "required": required,
+        "description": description,
+        "schema": schema,
+    }
+
+
+def _limit(most: int) -> dict[str, Any]:
+    return _query("limit", f"At most this many (1 to {most})", _int(1, most))
+
+
+def _int(lo: int, hi: int) -> dict[str, Any]:
+    return {"type": "integer", "minimum": lo, "maximum": hi}
+
+
+_PEER = _path("peer", "A node id, a unique prefix of one (8+ characters), or a contact name")
+_GROUP = _path("group", "A group id, a unique prefix of one (4+ characters), or its exact name")
+_CHANGED = _path(
+    "id",
+    "A message id (64 hex digits), or a group message's shared id (gm, 32 hex digits)",
+    {
+        "type": "string",
+        "pattern": f"^([0-9a-fA-F]{{{2 * MESSAGE_ID_LEN}}}|"
+        f"[0-9a-fA-F]{{{2 * GROUP_MESSAGE_ID_LEN}}})$",
+    },
+)
+_HEX_ID = {"type": "string", "pattern": "^[0-9a-f]+$"}
+_MESSAGE_ID_IN = {"type": "string", "pattern": f"^[0-9a-fA-F]{{{2 * MESSAGE_ID_LEN}}}$"}
+_NODE_ID = {"type": "string", "description": "A node id (base32)"}
+_PEER_IN = {"type": "string", "description": "A node id, a unique prefix of one, or a contact name"}
+_TIME = {"type": "number", "description": "Unix seconds"}
+_COUNT = {"type": "integer", "minimum": 0}
+_TEXT_IN = {"type": "string", "minLength": 1, "maxLength": MAX_TEXT_LEN}
+_STATE = {"type": "string", "enum": [*(s.value for s in OutboxState), "relayed"]}
+_PEERS_IN = _nullable(
+    {"type": "array", "maxItems": groups.MAX_MEMBERS, "items": {"type": "string"}}
+)
+_TEXT_FIELDS: dict[str, Any] = {
+    "text": _TEXT_IN,
+    "texts": {
+        "type": "array",
+        "minItems": 1,
+        "maxItems": MAX_TEXTS_PER_REQUEST,
+        "items": _TEXT_IN,
+    },
+}
+_TEXTS_IN = {
+    "type": "object",
+    "description": 'One text ("text") or several ("texts"; it wins if both are given)',
+    "properties": _TEXT_FIELDS,
+    "anyOf": [{"required": ["text"]}, {"required": ["texts"]}],
+}
+_OK = _obj({"ok": {"type": "boolean", "enum": [True]}})
+
+_SCHEMAS: dict[str, Any] = {
+    "Error": {
+        "type": "object",
+        "properties": {
+            "error": {"type": "string", "minLength": 1},
+            "hint": _nullable({"type": "string"}),
+            "allow": {"type": "array", "items": {"type": "string"}},
+        },
+        "required": ["error", "hint"],
+    },
+    "File": _obj(
+        {"name": {"type": "string"}, "size": _COUNT, "blake2b": _HEX_ID},
+        {
+            "state": {"type": "string", "enum": ["fetching", "done", "failed"]},
+            "received": _COUNT,
+            "path": {"type": "string"},
+            "reason": {"type": "string"},
+            "inline": {"type": "boolean"},
+        },
+    ),
+    "InboxMessage": _obj(
+        {
+            "id": _HEX_ID,
+            "from": _NODE_ID,
+            "from_name": _nullable({"type": "string"}),
+            "to": _NODE_ID,
+            "ts": _TIME,
+            "received": _TIME,
+            "kind": _COUNT,
+            "text": _nullable({"type": "string"}),
+            "group": _nullable(_HEX_ID),
+            "read": {"type": "boolean"},
+            "request": {"type": "boolean"},
+            "seq": _COUNT,
+        },
+        {"file": _ref("File")},
+    ),
+    "OutboxMessage": _obj(
+        {
+            "id": _HEX_ID,
+            "to": _NODE_ID,
+            "ts": _TIME,
+            "expires": _TIME,
+            "kind": _COUNT,
+            "text": _nullable({"type": "string"}),
+            "state": _STATE,
+            "attempts": _COUNT,
+            "relayed_to": _COUNT,
+            "delivered": _nullable(_TIME),
+        }
+    ),
+    "ChatMessage": _obj(
+        {
+            "id": _HEX_ID,
+            "mine": {"type": "boolean"},
+            "ts": _TIME,
+            "sent": _TIME,
+            "text": _nullable({"type": "string"}),
+            "read": {"type": "boolean"},
+            "state": _nullable(_STATE),
+            "cursor": {"type": "string"},
+            "edited": {"type": "boolean"},
+            "deleted": {"type": "boolean"},
+            "vanish": _nullable({"type": "number"}),
+            "reactions": {"type": "object", "additionalProperties": {"type": "string"}},
+        },
+        {"file": _ref("File")},
+    ),
+    "Conversation": _obj(
+        {
+            "peer": _NODE_ID,
+            "name": _nullable({"type": "string"}),
+            "contact": {"type": "boolean"},
+            "blocked": {"type": "boolean"},
+            "request": {"type": "boolean"},
+            "online": {"type": "boolean"},
+            "unread": _COUNT,
+            "received": _COUNT,
+            "last": _nullable(_TIME),
+            "last_text": _nullable({"type": "string"}),
+            "last_mine": {"type": "boolean"},
+        }
+    ),
+    "Group": _obj(
+        {
+            "id": _HEX_ID,
+            "name": {"type": "string"},
+            "version": _COUNT,
+            "members": {"type": "array", "items": _NODE_ID},
+            "admins": {"type": "array", "items": _NODE_ID},
+            "member": {"type": "boolean"},
+        }
+    ),
+    "GroupMessage": _obj(
+        {
+            "mine": {"type": "boolean"},
+            "ts": _TIME,
+            "text": _nullable({"type": "string"}),
+            "gm": _HEX_ID,
+            "edited": {"type": "boolean"},
+            "deleted": {"type": "boolean"},
+            "reactions": {"type": "object", "additionalProperties": {"type": "string"}},
+        },
+        {
+            "members": {
+                "type": "object",
+                "description": "Ours: each member's copy",
+                "additionalProperties": _obj({"id": _HEX_ID, "state": _STATE}),
+            },
+            "id": _HEX_ID,
+            "from": _NODE_ID,
+            "from_name": _nullable({"type": "string"}),
+            "read": {"type": "boolean"},
+        },
+    ),
+    "Settings": _obj(
+        {
+            "read_receipts": {"type": "boolean"},
+            "accept": {"type": "string", "enum": [p.value for p in AcceptPolicy]},
+        }
+    ),
+}
+
+_STATUS = _obj(
+    {
+        "id": _NODE_ID,
+        "version": {"type": "string"},
+        "name": _nullable({"type": "string"}),
+        "listen": {"type": "array", "items": {"type": "string"}},
+        "connected": _COUNT,
+        "outbox_pending": _COUNT,
+        "relay_stored": _COUNT,
+        "relay_bytes": _COUNT,
+        "relay": {"type": "boolean"},
+        "mdns": {"type": "boolean"},
+        "uptime": {"type": "number"},
+        "discovery": _obj(
+            {
+                "mdns_running": {"type": "boolean"},
+                "mdns_hints": _COUNT,
+                "dials": _COUNT,
+                "discovery_dials": _COUNT,
+            }
+        ),
+        "since_start": _obj(
+            dict.fromkeys(
+                (
+                    "received",
+                    "delivered",
+                    "duplicates",
+                    "relay_received",
+                    "notices_taken",
+                    "reconciliations",
+                    "reconcile_rounds",
+                    "reconcile_bytes",
+                    "bytes_sent",
+                    "bytes_received",
+                ),
+                _COUNT,
+            )
+            | {
+                "frame_bytes_sent": {
+                    "type": "object",
+                    "description": "By frame type",
+                    "additionalProperties": _COUNT,
+                }
+            }
+        ),
+    }
+)
+_PEER_ANSWER = _obj(
+    {
+        "id": _NODE_ID,
+        "addresses": {"type": "array", "items": {"type": "string"}},
+        "source": {"type": "string"},
+        "connected": {"type": "boolean"},
+        "last_seen": _nullable(_TIME),
+    }
+)
+_CONTACT = _obj(
+    {
+        "id": _NODE_ID,
+        "name": _nullable({"type": "string"}),
+        "blocked": {"type": "boolean"},
+        "added": _TIME,
+    }
+)
+_HIT = _obj(
+    {
+        "id": _HEX_ID,
+        "peer": _NODE_ID,
+        "peer_name": _nullable({"type": "string"}),
+        "mine": {"type": "boolean"},
+        "ts": _TIME,
+        "text": {"type": "string"},
+        "snippet": {"type": "string"},
+    }
+)
+_STORES = (507,)
 
 OPENAPI: dict[str, Any] = {
     "openapi": "3.0.3",
@@ -821,18 +1151,54 @@ OPENAPI: dict[str, Any] = {
         "0600). Errors are JSON {error, hint}. Times are Unix seconds (float); ids are hex.",
     },
     "paths": {
-        "/v1/status": {"get": _op("Node id, bound addresses, connection and queue counts")},
+        "/openapi.json": {
+            "get": _op("This document", {"type": "object"}),
+        },
+        "/v1/status": {
+            "get": _op("Node id, bound addresses, connection and queue counts", _STATUS)
+        },
         "/v1/messages/{id}/reaction": {
-            "post": _op('React to a text of a conversation: {"emoji": EMOJI}; "" takes it back')
+            "post": _op(
+                'React to a text of a conversation: {"emoji": EMOJI}; "" takes it back',
+                _OK,
+                params=(_CHANGED,),
+                errors=(404, *_STORES),
+                body={
+                    "type": "object",
+                    "properties": {"emoji": {"type": "string"}},
+                    "required": ["emoji"],
+                },
+            )
         },
         "/v1/messages/{id}/edit": {
-            "post": _op('Edit one of your texts on both sides: {"text": NEW_TEXT}')
+            "post": _op(
+                'Edit one of your texts on both sides: {"text": NEW_TEXT}',
+                _OK,
+                params=(_CHANGED,),
+                errors=(404, *_STORES),
+                body=_obj({"text": _TEXT_IN}),
+            )
         },
-        "/v1/messages/{id}": {"delete": _op("Unsend one of your texts, on both sides")},
+        "/v1/messages/{id}": {
+            "delete": _op(
+                "Unsend one of your texts, on both sides",
+                _OK,
+                params=(_CHANGED,),
+                errors=(404, *_STORES),
+            )
+        },
         "/v1/conversations/{peer}/timer": {
             "post": _op(
                 'Disappearing messages: {"seconds": N} (0 off, else 5 s to 28 days); new '
-                "texts both ways are deleted on both sides N seconds after they arrive"
+                "texts both ways are deleted on both sides N seconds after they arrive",
+                _OK,
+                params=(_PEER,),
+                errors=(404, *_STORES),
+                body={
+                    "type": "object",
+                    "properties": {"seconds": {"type": "number", "minimum": 0}},
+                    "required": ["seconds"],
+                },
             )
         },
         "/v1/files": {
@@ -840,65 +1206,193 @@ OPENAPI: dict[str, Any] = {
                 'Send a file: {"to": PEER, "path": ABSOLUTE_PATH}; answers 201 {"id", "file": '
                 "{name, size, blake2b, inline}} once the offer is stored. Up to 100 MiB; small "
                 "files travel in the message, larger ones are fetched from this node. Its "
-                '"delivered" event means the recipient has the whole file, checked'
+                '"delivered" event means the recipient has the whole file, checked',
+                _obj({"id": _HEX_ID, "to": _NODE_ID, "file": _ref("File")}),
+                status=201,
+                errors=_STORES,
+                body={
+                    "type": "object",
+                    "properties": {"to": _PEER_IN, "path": {"type": "string", "pattern": "^/"}},
+                    "required": ["to", "path"],
+                },
             )
         },
         "/v1/groups": {
-            "get": _op("Groups this node is or was in: {id, name, version, members, admins}"),
+            "get": _op(
+                "Groups this node is or was in: {id, name, version, members, admins}",
+                _list_of("groups", _ref("Group")),
+            ),
             "post": _op(
                 'Create a group with this node as admin: {"name": NAME, "members": [PEER]}; '
-                "answers 201 with the group once stored (members are told)"
+                "answers 201 with the group once stored (members are told)",
+                _ref("Group"),
+                status=201,
+                errors=_STORES,
+                body={
+                    "type": "object",
+                    "properties": {"name": {"type": "string"}, "members": _PEERS_IN},
+                    "required": ["name"],
+                },
             ),
         },
         "/v1/groups/{group}": {
             "post": _op(
                 'Change a group (admins only): {"name"?, "add"?: [PEER], "remove"?: [PEER], '
-                '"admins"?: [PEER]}; {group} is an id, a unique id prefix or the exact name'
+                '"admins"?: [PEER]}; {group} is an id, a unique id prefix or the exact name',
+                _ref("Group"),
+                params=(_GROUP,),
+                errors=(404, *_STORES),
+                body=_obj(
+                    {},
+                    {
+                        "name": _nullable({"type": "string"}),
+                        "add": _PEERS_IN,
+                        "remove": _PEERS_IN,
+                        "admins": _PEERS_IN,
+                    },
+                ),
             )
         },
         "/v1/groups/{group}/messages": {
             "get": _op(
                 f"A group's messages both ways, oldest first; ?limit= (default {DEFAULT_PAGE}). "
-                "Ours carry each member's copy's state"
+                "Ours carry each member's copy's state",
+                _obj(
+                    {
+                        "group": _ref("Group"),
+                        "messages": {"type": "array", "items": _ref("GroupMessage")},
+                    }
+                ),
+                params=(_GROUP, _limit(MAX_PAGE)),
+                errors=(404,),
             ),
             "post": _op(
                 'Send to every other member: {"text": TEXT} or {"texts": [...]}; answers 201 '
-                '{"ids": [shared id], "copies": {member: [envelope id]}} once stored'
+                '{"ids": [shared id], "copies": {member: [envelope id]}} once stored',
+                _obj(
+                    {
+                        "group": _HEX_ID,
+                        "ids": {"type": "array", "items": _HEX_ID},
+                        "copies": {
+                            "type": "object",
+                            "additionalProperties": {"type": "array", "items": _HEX_ID},
+                        },
+                    }
+                ),
+                status=201,
+                params=(_GROUP,),
+                errors=(404, *_STORES),
+                body=_TEXTS_IN,
             ),
         },
         "/v1/messages": {
             "post": _op(
                 'Send: {"to": PEER, "text": TEXT} or {"to", "texts": [...]}, optional '
-                '"ttl_s". Answers 201 {"ids": [...]} only after the messages are committed.'
+                '"ttl_s". Answers 201 {"ids": [...]} only after the messages are committed.',
+                _obj({"ids": {"type": "array", "items": _HEX_ID}, "to": _NODE_ID}),
+                status=201,
+                errors=_STORES,
+                body={
+                    **_TEXTS_IN,
+                    "properties": {
+                        **_TEXT_FIELDS,
+                        "to": _PEER_IN,
+                        "ttl_s": _nullable(
+                            {
+                                "type": "number",
+                                "minimum": 0,
+                                "exclusiveMinimum": True,
+                                "maximum": MAX_TTL_MS // 1000,
+                            }
+                        ),
+                    },
+                    "required": ["to"],
+                },
             )
         },
         "/v1/inbox": {
             "get": _op(
                 "Received messages, oldest first; ?peer=&limit=&after=SEQ. limit is at most "
                 f"{MAX_LIST:,} and {DEFAULT_LIST:,} when absent (the latest, or the first "
-                "after SEQ)"
+                "after SEQ)",
+                _list_of("messages", _ref("InboxMessage")),
+                params=(
+                    _query("peer", "Only from this peer", _PEER_IN),
+                    _limit(MAX_LIST),
+                    _query("after", "Only after this seq", _int(0, 1 << 62)),
+                ),
             )
         },
         "/v1/outbox": {
             "get": _op(
                 f"Sent messages and their state; ?limit= (default {DEFAULT_LIST:,}, the "
-                "latest) or ?ids=a,b"
+                "latest) or ?ids=a,b",
+                _list_of("messages", _ref("OutboxMessage")),
+                params=(
+                    _limit(MAX_LIST),
+                    _query("ids", "Only these (comma-separated hex ids)", {"type": "string"}),
+                ),
             )
         },
-        "/v1/peers": {"get": _op("Known peers, their addresses, and whether connected")},
-        "/v1/resolve": {"get": _op("Resolve ?peer= (id, unique prefix, contact name) to an id")},
-        "/v1/contacts": {
-            "get": _op("Contacts"),
-            "post": _op('Add a contact: {"id": NODE_ID, "name": optional}'),
+        "/v1/peers": {
+            "get": _op(
+                "Known peers, their addresses, and whether connected",
+                _list_of("peers", _PEER_ANSWER),
+            )
         },
-        "/v1/contacts/{peer}": {"delete": _op("Forget a contact")},
-        "/v1/contacts/{peer}/block": {"post": _op("Drop every message from this peer")},
-        "/v1/contacts/{peer}/unblock": {"post": _op("Accept messages from this peer again")},
+        "/v1/resolve": {
+            "get": _op(
+                "Resolve ?peer= (id, unique prefix, contact name) to an id",
+                _obj({"id": _NODE_ID}),
+                params=(_query("peer", "What to resolve", _PEER_IN, required=True),),
+            )
+        },
+        "/v1/contacts": {
+            "get": _op("Contacts", _list_of("contacts", _CONTACT)),
+            "post": _op(
+                'Add a contact: {"id": NODE_ID, "name": optional}',
+                _obj({"id": _NODE_ID, "name": _nullable({"type": "string"})}),
+                status=201,
+                body={
+                    "type": "object",
+                    "properties": {
+                        "id": _NODE_ID,
+                        "name": _nullable({"type": "string"}),
+                    },
+                    "required": ["id"],
+                },
+            ),
+        },
+        "/v1/contacts/{peer}": {
+            "delete": _op(
+                "Forget a contact",
+                _obj({"id": _NODE_ID, "removed": {"type": "boolean"}}),
+                params=(_PEER,),
+                errors=(404,),
+            )
+        },
+        "/v1/contacts/{peer}/block": {
+            "post": _op(
+                "Drop every message from this peer",
+                _obj({"id": _NODE_ID, "blocked": {"type": "boolean"}}),
+                params=(_PEER,),
+                errors=(404,),
+            )
+        },
+        "/v1/contacts/{peer}/unblock": {
+            "post": _op(
+                "Accept messages from this peer again",
+                _obj({"id": _NODE_ID, "blocked": {"type": "boolean"}}),
+                params=(_PEER,),
+                errors=(404,),
+            )
+        },
         "/v1/conversations": {
             "get": _op(
                 "Accepted conversations (contacts and everyone we wrote to), latest first: "
                 "{peer, name, contact, blocked, request, online, unread, received, last, "
-                "last_text, last_mine}"
+                "last_text, last_mine}",
+                _list_of("conversations", _ref("Conversation")),
             )
         },
         "/v1/conversations/{peer}": {
@@ -907,56 +1401,144 @@ OPENAPI: dict[str, Any] = {
                 f"{DEFAULT_PAGE}, at most {MAX_PAGE}) &before=CURSOR for older history. Each "
                 "has {id, mine, ts, sent, text, read, state, cursor, edited, deleted, vanish, "
                 "reactions: {node id: emoji}}; `before` in the answer is the cursor for the "
-                "next older page, null at the start; `timer` is the disappearing timer (s)"
+                "next older page, null at the start; `timer` is the disappearing timer (s)",
+                _obj(
+                    {
+                        "peer": _NODE_ID,
+                        "timer": {"type": "number", "minimum": 0},
+                        "messages": {"type": "array", "items": _ref("ChatMessage")},
+                        "before": _nullable({"type": "string"}),
+                    }
+                ),
+                params=(
+                    _PEER,
+                    _limit(MAX_PAGE),
+                    _query(
+                        "before",
+                        "A message's cursor: the page ends just before it",
+                        {"type": "string", "pattern": "^[0-9]+[.][0-9]+[.][0-9]+$"},
+                    ),
+                ),
+                errors=(404,),
             )
         },
         "/v1/requests": {
             "get": _op(
                 "Message requests: strangers who wrote to us (unless accept = everyone), in "
-                "the shape of /v1/conversations"
+                "the shape of /v1/conversations",
+                _list_of("requests", _ref("Conversation")),
             )
         },
         "/v1/requests/{peer}/accept": {
-            "post": _op("Accept a request: the peer becomes a contact (409 if blocked)")
+            "post": _op(
+                "Accept a request: the peer becomes a contact (409 if blocked)",
+                _obj(
+                    {
+                        "id": _NODE_ID,
+                        "accepted": {"type": "boolean"},
+                        "was_request": {"type": "boolean"},
+                    }
+                ),
+                params=(_PEER,),
+                errors=(404, 409),
+            )
         },
         "/v1/read": {
             "post": _op(
                 'Mark messages read: {"ids": [hex]} or {"peer": PEER} (all of theirs). Read '
                 "receipts go to accepted senders if the read_receipts setting is on. "
-                "Answers {read: [ids that were unread]}"
+                "Answers {read: [ids that were unread]}",
+                _list_of("read", _HEX_ID),
+                errors=_STORES,
+                body={
+                    "type": "object",
+                    "properties": {
+                        "ids": {
+                            "type": "array",
+                            "minItems": 1,
+                            "maxItems": MAX_READ_IDS,
+                            "items": _MESSAGE_ID_IN,
+                        },
+                        "peer": _PEER_IN,
+                    },
+                    "oneOf": [{"required": ["ids"]}, {"required": ["peer"]}],
+                },
             )
         },
         "/v1/typing": {
             "post": _op(
                 'Tell a connected, accepted peer we are typing: {"to": PEER, "active": bool}. '
-                "Never stored or relayed; answers {sent, reason}"
+                "Never stored or relayed; answers {sent, reason}",
+                _obj({"sent": {"type": "boolean"}, "reason": _nullable({"type": "string"})}),
+                body={
+                    "type": "object",
+                    "properties": {"to": _PEER_IN, "active": {"type": "boolean"}},
+                    "required": ["to", "active"],
+                },
             )
         },
         "/v1/search": {
             "get": _op(
                 "Full-text search of text messages both ways, newest first: ?q=WORDS "
                 "(each a word prefix) &peer= &limit=. Results {id, peer, peer_name, mine, "
-                "ts, text, snippet}"
+                "ts, text, snippet}",
+                _list_of("results", _HIT),
+                params=(
+                    _query("q", "Words to find", {"type": "string"}),
+                    _query("peer", "Only with this peer", _PEER_IN),
+                    _limit(MAX_PAGE),
+                ),
             )
         },
         "/v1/settings": {
-            "get": _op("Chat settings: {read_receipts, accept: everyone|contacts|requests}"),
-            "post": _op("Change chat settings (the fields given); answers the new settings"),
+            "get": _op(
+                "Chat settings: {read_receipts, accept: everyone|contacts|requests}",
+                _ref("Settings"),
+            ),
+            "post": _op(
+                "Change chat settings (the fields given); answers the new settings",
+                _ref("Settings"),
+                errors=_STORES,
+                body={
+                    **_SCHEMAS["Settings"],
+                    "required": [],
+                    "minProperties": 1,
+                },
+            ),
         },
         "/v1/safety-number/{peer}": {
-            "get": _op("The safety number to compare with a peer out of band")
-        },
-        "/v1/events": {
             "get": _op(
-                "Server-sent events: hello, message (a new inbox message, with request: true "
-                "from a stranger), sent ({id, to}: the recipient's node stored it), delivered "
-                "({id, by}), peer ({id, connected}), relayed ({id, to}: a relay holds a "
-                "copy of our message), refused ({id, by, reason}: a hop refused it), "
-                "held ({id, for}: we hold an envelope for someone else), released "
-                "({id, to}: our copy is done, its recipient has it), read ({id, by}: the "
-                "recipient saw our message), typing ({from, active, ts}: an accepted peer "
-                "is typing; shown until active is false or for a few seconds)"
+                "The safety number to compare with a peer out of band",
+                _obj({"id": _NODE_ID, "safety_number": {"type": "string"}}),
+                params=(_PEER,),
+                errors=(404,),
             )
         },
+        "/v1/events": {
+            "get": {
+                "summary": "Server-sent events: hello, message (a new inbox message, with "
+                "request: true from a stranger), sent ({id, to}: the recipient's node stored "
+                "it), delivered ({id, by}), peer ({id, connected}), relayed ({id, to}: a relay "
+                "holds a copy of our message), refused ({id, by, reason}: a hop refused it), "
+                "held ({id, for}: we hold an envelope for someone else), released ({id, to}: "
+                "our copy is done, its recipient has it), read ({id, by}: the recipient saw "
+                "our message), typing ({from, active, ts}: an accepted peer is typing; shown "
+                "until active is false or for a few seconds)",
+                "responses": {
+                    "200": {
+                        "description": "An endless event stream",
+                        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                    },
+                    **{
+                        str(code): {
+                            "description": _ERRORS[code],
+                            "content": _json(_ref("Error")),
+                        }
+                        for code in (*_ALWAYS, 503)
+                    },
+                },
+            }
+        },
     },
+    "components": {"schemas": _SCHEMAS},
 }
