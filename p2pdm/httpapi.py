@@ -142,11 +142,21 @@ class Request:
         if not self.body:
             raise ApiError(400, "this request needs a JSON body")
         try:
-            return json.loads(self.body.decode("utf-8"), parse_constant=_no_json_constant)
+            value = json.loads(self.body.decode("utf-8"), parse_constant=_no_json_constant)
         except ValueError as exc:  # includes UnicodeDecodeError and JSONDecodeError
             raise ApiError(400, f"body is not valid JSON: {exc}") from None
         except RecursionError:
             raise ApiError(400, "body is not valid JSON: nested too deeply") from None
+        # "\ud800" is JSON syntax for half a UTF-16 pair: a string no UTF-8 can
+        # hold, so it could be neither stored, nor sent, nor quoted in an error.
+        if b"\\u" in self.body:
+            try:
+                encode_json(value)
+            except UnicodeEncodeError:
+                raise ApiError(
+                    400, "body is not valid JSON: a \\u escape makes a lone surrogate"
+                ) from None
+        return value
 
 
 @dataclass(frozen=True)

@@ -353,11 +353,17 @@ async def test_bad_json_body_is_400(tmp_path: Path) -> None:
         async with serving(path, App().router()):
             stream, reader = await raw(path)
             async with stream:
-                for bad in (b"{nope", b"", b"[NaN]", b"[" * 50_000, b'"\xff"'):
+                lone_surrogates = (b'"\\ud800"', b'{"a\\udfff": 1}', b'["\\ud83d", "\\ude00"]')
+                for bad in (b"{nope", b"", b"[NaN]", b"[" * 50_000, b'"\xff"', *lone_surrogates):
                     await stream.send_all(http_request("POST", "/echo", bad))
                     status, _, body = await reader.response()
                     assert status == 400, bad[:10]
                     assert "JSON" in body["error"]
+                # A whole pair is one character.
+                pair = b'"\\ud83d\\ude00"'
+                await stream.send_all(http_request("POST", "/echo", pair, "Content-Type: a/b"))
+                status, _, body = await reader.response()
+                assert (status, body["got"]) == (201, "\U0001f600")
 
 
 async def test_body_over_the_limit_is_413(tmp_path: Path) -> None:
