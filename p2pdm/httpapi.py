@@ -461,11 +461,14 @@ class _HttpConnection:
         target = event.target.decode("ascii")  # h11 allows only visible ASCII here
         payload = b""
         try:
-            response = await self._dispatch(method, target, event.headers, body)
+            try:
+                response = await self._dispatch(method, target, event.headers, body)
+            except ApiError as exc:
+                response = JsonResponse(exc.status, exc.body(), exc.headers)
             if isinstance(response, JsonResponse):
+                # In the try, errors too: one that cannot be encoded is a 500, not
+                # a connection closed without an answer.
                 payload = encode_json(response.body)
-        except ApiError as exc:
-            response, payload = JsonResponse(exc.status, None, exc.headers), encode_json(exc.body())
         except Exception as exc:
             log.exception("api handler for %s %s failed", method, target)
             error = {"error": f"internal error: {type(exc).__name__}", "hint": None}

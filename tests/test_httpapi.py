@@ -71,6 +71,7 @@ class App:
         r.route("GET", "/items/special")(self.special)
         r.route("GET", "/refuse")(self.refuse)
         r.route("GET", "/boom")(self.boom)
+        r.route("GET", "/unencodable")(self.unencodable)
         r.route("GET", "/events")(self.events)
         r.route("GET", "/broken-events")(self.broken_events)
         r.route("GET", "/subscribed-events")(self.subscribed_events)
@@ -97,6 +98,9 @@ class App:
 
     async def boom(self, request: Request) -> Response:
         raise RuntimeError("kaboom")
+
+    async def unencodable(self, request: Request) -> Response:
+        raise ApiError(400, "no \ud800 in UTF-8")
 
     async def events(self, request: Request) -> Response:
         async def generate() -> AsyncIterator[tuple[str, Any]]:
@@ -437,6 +441,24 @@ async def test_handler_crash_is_500_and_the_server_goes_on(
     assert "GET /boom" in record.getMessage()
     assert record.exc_info is not None
     assert isinstance(record.exc_info[1], RuntimeError)
+
+
+async def test_an_error_that_cannot_be_encoded_is_still_answered(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "api.sock"
+    with trio.fail_after(DEADLINE), caplog.at_level(logging.ERROR, logger="p2pdm.httpapi"):
+        async with serving(path, App().router()):
+            stream, reader = await raw(path)
+            async with stream:
+                await stream.send_all(http_request("GET", "/unencodable"))
+                status, _, body = await reader.response()
+                assert (status, body["error"]) == (500, "internal error: UnicodeEncodeError")
+                # The connection goes on.
+                await stream.send_all(http_request("GET", "/items/after"))
+                status, _, body = await reader.response()
+                assert (status, body["params"]) == (200, {"item": "after"})
+    assert any("GET /unencodable" in r.getMessage() for r in caplog.records)
 
 
 async def test_keep_alive_serves_several_requests_on_one_connection(tmp_path: Path) -> None:
