@@ -542,6 +542,11 @@ class SendTexts(Enqueue):
             self.refuse(str(exc))
 
     def apply(self, store: Store, ctx: BatchContext) -> None:
+        if self.rows and self.expires_ms <= ctx.now_ms:
+            # A lifetime shorter than the wait for this batch: refused here, as
+            # the store would refuse it by failing the whole batch, others' too.
+            self.refuse("the message expired before it could be stored; give it a longer life")
+            return
         super().apply(store, ctx)
         if self.rows:
             self.accept_recipient(store, ctx, self.to)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -68,6 +69,26 @@ async def test_bad_message_lifetimes_are_a_400(tmp_path: Path, ttl: object) -> N
             assert "ttl_s" in str(refused) or "is not JSON" in str(refused)
             assert node.store.outbox() == []  # nothing stored
             nursery.cancel_scope.cancel()
+
+
+async def test_a_message_that_expires_before_it_is_stored_is_a_400(tmp_path: Path) -> None:
+    node = make_node(tmp_path, "n")
+    other = make_node(tmp_path, "o")
+    reads = itertools.count()
+    node.now_ms = lambda: 1_800_000_000_000 + 1000 * next(reads)  # each read a second later
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(node.run)
+            await nursery.start(serve_unix, tmp_path / "api.sock", Api(node).router())
+            client = ApiClient(tmp_path / "api.sock", timeout=DEADLINE)
+            body = {"to": str(other.identity.node_id), "text": "hi", "ttl_s": 0.001}
+            refused = await answer(client, "post", "/v1/messages", body)
+            # The caller's lifetime, not the disk: not a 507 "try again".
+            assert refused.status == 400
+            assert "expired before it could be stored" in str(refused)
+            assert node.store.outbox() == []
+            nursery.cancel_scope.cancel()
+    other.store.close()
 
 
 @pytest.mark.parametrize("seconds", [1e308, 9.4e307, 10**400, 2419201])
