@@ -1717,8 +1717,12 @@ class Node:
         *,
         clock_ms: Callable[[], int] = wall_ms,
         rng: random.Random | None = None,
+        wrap_stream: Callable[[trio.abc.Stream], trio.abc.Stream] | None = None,
     ) -> None:
         self.config = config
+        # Every peer connection's byte stream goes through this before the
+        # handshake: tests put links that drop, delay or reorder frames here.
+        self._wrap_stream = wrap_stream or (lambda stream: stream)
         self.identity = identity
         self.store = store
         offset = config.clock_offset_ms
@@ -1910,7 +1914,7 @@ class Node:
         self._admission.half_open += 1
         try:
             conn = await run_handshake(
-                stream,
+                self._wrap_stream(stream),
                 self.identity,
                 self.static,
                 initiator=False,
@@ -1934,7 +1938,7 @@ class Node:
             stream = await trio.open_tcp_stream(host, port)
         try:
             return await run_handshake(
-                stream,
+                self._wrap_stream(stream),
                 self.identity,
                 self.static,
                 initiator=True,

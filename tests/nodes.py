@@ -10,6 +10,7 @@ from p2pdm.store import Store
 from p2pdm.transport import TransportLimits
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from pathlib import Path
 
     import trio
@@ -22,6 +23,7 @@ def make_node(
     limits: TransportLimits | None = None,
     *,
     relay: bool = True,
+    wrap_stream: Callable[[trio.abc.Stream], trio.abc.Stream] | None = None,
 ) -> Node:
     home = tmp_path / name
     home.mkdir()
@@ -33,7 +35,8 @@ def make_node(
         relay=relay,
         limits=limits or TransportLimits(),
     )
-    return Node(config, Identity.generate(), Store.open(home / "store.db"))
+    store = Store.open(home / "store.db")
+    return Node(config, Identity.generate(), store, wrap_stream=wrap_stream)
 
 
 async def next_event(
