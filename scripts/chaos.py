@@ -4,7 +4,7 @@
 
 Needs root and iproute2 (the namespaces, their bridge and every address are
 made by the run and removed after it). Each run starts five real nodes with
-clocks up to an hour apart, makes everyone contacts and one group of all
+clocks up to an hour off, makes everyone contacts and one group of all
 five, then for each step applies the step's fault, if any (cut or heal a
 host's link, restart a node cleanly or with SIGKILL) and sends one text
 (1:1 or to the group) from a random host, half a second apart. At the end

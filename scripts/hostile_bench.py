@@ -132,7 +132,7 @@ class Honest:
 
 def log_lines(node: NodeProcess) -> list[str]:
     """The target's log lines that came since the last call."""
-    out = []
+    out: list[str] = []
     while True:
         try:
             line = node.lines.get_nowait()
@@ -256,7 +256,7 @@ class Bench:
         h_id = NodeId.parse(self.h.status()["id"])
         mallory = Identity.generate()
         now = self.now_ms()
-        body: dict[str, wire.Value] = {"ids": list(ids)}
+        body: wire.Value = {"ids": list(ids)}
         forged = []
         for i in range(count_):
             if i % 2:
@@ -371,8 +371,8 @@ class Bench:
                 nursery.start_soon(slot, n)
             await trio.sleep(2)  # let the attack fill the handshake slots first
             t0 = time.perf_counter()
-            await trio.to_thread.run_sync(c.start)
             try:
+                await trio.to_thread.run_sync(c.start)
                 with trio.move_on_after(seconds):
                     while True:
                         peers = await trio.to_thread.run_sync(c.api.get, "/v1/peers")
@@ -443,7 +443,12 @@ def receipts_for(t: NodeProcess, message_id: bytes) -> int:
         rows = db.execute(
             "SELECT body FROM outbox WHERE kind = ?", (int(MessageKind.RECEIPT),)
         ).fetchall()
-    return sum(1 for (body,) in rows if message_id in wire.decode(bytes(body))["ids"])  # type: ignore[call-overload,index,operator]
+    count = 0
+    for (body,) in rows:
+        ids = wire.decode(bytes(body))
+        if isinstance(ids, dict) and isinstance(ids["ids"], list) and message_id in ids["ids"]:
+            count += 1
+    return count
 
 
 def undelivered(t: NodeProcess, to: NodeId) -> int:
@@ -475,9 +480,11 @@ async def main_async(args: argparse.Namespace, root: Path) -> figures.Figures:
     init_home(root / "t")
     h_id = init_home(root / "h")
     flags = [x for k, v in TARGET_LIMITS.items() for x in ("--limit", f"{k}={v}")]
-    t = NodeProcess(root / "t", *flags).start()
-    h = NodeProcess(root / "h", "--bootstrap", t.address)
+    t = NodeProcess(root / "t", *flags)
+    h = NodeProcess(root / "h")
     try:
+        t.start()
+        h.extra = ("--bootstrap", t.address)
         h.start()
         t.wait_connected(h_id)
         target = str(t.status()["id"])

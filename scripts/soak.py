@@ -93,15 +93,20 @@ def slope_per_hour(points: list[tuple[float, float]]) -> float:
 
 
 class Mesh:
-    def __init__(self, root: Path, count: int) -> None:
-        self.ids = [init_home(root / f"n{i}") for i in range(count)]
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.ids: list[str] = []
         self.nodes: list[NodeProcess] = []
+
+    def start(self, count: int) -> None:
+        root = self.root
+        self.ids = [init_home(root / f"n{i}") for i in range(count)]
         for i in range(count):
             extra = [a for j in (0, 1) if j < i for a in ("--bootstrap", self.nodes[j].listen)]
             node = NodeProcess(root / f"n{i}", *extra)
+            self.nodes.append(node)  # before start: close() also ends a node that never got ready
             node.start()
             node.listen = node.address  # a restart comes back at the same address
-            self.nodes.append(node)
 
     def running(self, i: int) -> bool:
         proc = self.nodes[i].proc
@@ -136,7 +141,7 @@ def main() -> int:
     # A SIGTERM ends the run like Ctrl-C: the nodes are stopped and removed.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     root = Path(tempfile.mkdtemp(prefix="p2pdm-soak-"))
-    mesh = Mesh(root, args.nodes)
+    mesh = Mesh(root)
     steady = list(range(args.nodes // 2))
     restarting = list(range(args.nodes // 2, args.nodes))
     samples: list[Sample] = []
@@ -144,6 +149,7 @@ def main() -> int:
     failed_posts = 0
     restarts = 0
     try:
+        mesh.start(args.nodes)
         began = time.monotonic()
         end = began + 60 * args.minutes
         next_post = began

@@ -25,7 +25,8 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
 SPARED_FRAMES = 3
-"""Each direction's first frames pass untouched: the handshake and HELLO."""
+"""Each direction's first frames pass untouched: the handshake's and the
+HELLO (and on the responder's side, one frame more)."""
 
 
 @dataclass

@@ -91,6 +91,7 @@ async def test_the_chaos_workload_arrives_once_through_faulty_links(tmp_path: Pa
                     sender = nodes[send.sender]
                     if send.to is None:
                         _, copies = await sender.send_group_texts(group.group_id, [send.text])
+                        assert set(copies) == set(ids) - {sender.identity.node_id}
                         expected += [(ids.index(p), c[0], send.text) for p, c in copies.items()]
                     else:
                         (mid,) = await sender.send_texts(ids[send.to], [send.text])

@@ -233,6 +233,8 @@ def test_a_node_an_hour_ahead_still_delivers_and_stamps_its_own_time(tmp_path: P
         a.close()
         b.close()
     for bad in ("604801", "-604801", "soon"):
-        refused = cli(tmp_path / "a", "run", "--no-mdns", "--clock-offset", bad)
+        refused = cli(
+            tmp_path / "a", "run", "--no-mdns", "--listen", "127.0.0.1:0", "--clock-offset", bad
+        )
         assert refused.returncode == 2, refused.stderr
         assert "--clock-offset" in refused.stderr
