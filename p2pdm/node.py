@@ -133,11 +133,6 @@ PUSHES_PER_WRITE = 16
 MAX_LINK_QUEUE = 1024
 # A message pushed but not receipted is pushed again after this long.
 RESEND_AFTER_MS = 60_000
-# A copy of a message we hold gets a new receipt at most once per
-# RESEND_AFTER_MS (its sender waits that long before sending it again), so
-# replaying a captured envelope cannot make us write and send a receipt per
-# copy. Ids remembered for that; the least recently used are forgotten.
-RECEIPTED_AGAIN_MEMORY = 4096
 # Connect timeout for dials; a bootstrap address that does not answer
 # within it is retried with backoff.
 DIAL_TIMEOUT = 10.0
@@ -923,7 +918,9 @@ class IncomingPush(Op):
                 if (
                     msg.kind not in RECEIPT_KINDS
                     and _complete(store, msg)
-                    and node.receipt_again(msg.message_id, ctx.now_ms)
+                    # At most once per resend interval (the sender waits that
+                    # long to resend), so replays cannot ask for one each.
+                    and store.receipt_again(msg.message_id, ctx.now_ms, RESEND_AFTER_MS)
                 ):
                     # Our first receipt may have been lost: send another.
                     ctx.receipts.setdefault(msg.sender, []).append(msg.message_id)
@@ -1776,7 +1773,6 @@ class Node:
         self._ended_frames: Counter[str] = Counter()
         self.typing_received = 0
         self.ephemeral_ignored = 0
-        self._receipted_again: dict[bytes, int] = {}  # message id -> when (ms)
 
     # store access: one thread at a time, off the event loop
     async def store_call(self, fn: Callable[..., Any], *args: Any) -> Any:
@@ -2318,18 +2314,6 @@ class Node:
             wait = HOUSEKEEPING_INTERVAL if due is None else max(due - now, 1) / 1000
             with trio.move_on_after(min(wait, HOUSEKEEPING_INTERVAL)):
                 await self.vanish_wake.wait()
-
-    def receipt_again(self, message_id: bytes, now_ms: int) -> bool:
-        """May a copy of a message we hold get another receipt now? Inside a
-        batch (the committer's thread, one batch at a time)."""
-        last = self._receipted_again.pop(message_id, None)
-        if last is not None and now_ms - last < RESEND_AFTER_MS:
-            self._receipted_again[message_id] = last
-            return False
-        if len(self._receipted_again) >= RECEIPTED_AGAIN_MEMORY:
-            del self._receipted_again[next(iter(self._receipted_again))]
-        self._receipted_again[message_id] = now_ms
-        return True
 
     def seal_receipts(self, store: Store, ctx: BatchContext) -> None:
         """Inside a batch: one delivery receipt per sender for what it committed,

@@ -388,6 +388,11 @@ MIGRATIONS: tuple[str, ...] = (
         set_ms INTEGER NOT NULL
     ) WITHOUT ROWID;
     """,
+    # 6: when a copy of a received message last got a receipt of its own
+    # (NULL: only the first one), so that replays cannot ask for one each.
+    """
+    ALTER TABLE inbox ADD COLUMN receipted_again_ms INTEGER;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 _TOTAL = bytes(32)  # relay_usage's key for the total
@@ -1984,6 +1989,23 @@ class Store:
         ]
 
     @_db
+    def receipt_again(self, message_id: bytes, now_ms: int, interval_ms: int) -> bool:
+        """May a copy of a message we hold get another delivery receipt now?
+
+        At most once per `interval_ms` per message (a time ahead of `now_ms`,
+        from a clock since set back, counts as due); a yes is recorded.
+        """
+        _check_ms(now_ms, "now_ms")
+        with self._write() as conn:
+            row = conn.execute(
+                "UPDATE inbox SET receipted_again_ms = ?1 WHERE message_id = ?2"
+                " AND (receipted_again_ms IS NULL OR receipted_again_ms <= ?1 - ?3"
+                " OR receipted_again_ms > ?1) RETURNING 1",
+                (now_ms, _check_id(message_id), _check_ms(interval_ms, "interval_ms")),
+            ).fetchone()
+        return row is not None
+
+    @_db
     def in_inbox(self, message_id: bytes) -> bool:
         """The message was stored (not only seen and dropped, as a blocked one is)."""
         row = (
@@ -3037,9 +3059,11 @@ class Store:
                 )
             if expires_ms <= now_ms:
                 return RelayVerdict(RelayResult.REFUSED, "message has expired")
-            # The sender set the expiry by its clock, which may run ahead
-            # of ours: as far as a timestamp may, before it counts as long.
-            if expires_ms - now_ms > quota.max_ttl_ms + MAX_FUTURE_SKEW_MS:
+            # The sender set the expiry by its clock, which may run ahead of
+            # ours: taken if it is long by no more than a timestamp may be
+            # ahead (nor than the limit itself), and held only to the limit.
+            skew = min(MAX_FUTURE_SKEW_MS, quota.max_ttl_ms)
+            if expires_ms - now_ms > quota.max_ttl_ms + skew:
                 days = quota.max_ttl_ms / 86_400_000
                 return RelayVerdict(
                     RelayResult.REFUSED, f"expiry is beyond this relay's limit of {days:g} days"
@@ -3069,7 +3093,15 @@ class Store:
             conn.execute(
                 "INSERT INTO relay (message_id, recipient, uploader, size, expires_ms,"
                 " received_ms, envelope) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (mid, rkey, ukey, size, expires_ms, now_ms, envelope),
+                (
+                    mid,
+                    rkey,
+                    ukey,
+                    size,
+                    min(expires_ms, now_ms + quota.max_ttl_ms),
+                    now_ms,
+                    envelope,
+                ),
             )
         return RelayVerdict(RelayResult.STORED)
 

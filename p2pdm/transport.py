@@ -65,7 +65,9 @@ class TransportLimits:
     discovery_dial_burst: float = 8.0
     """...after a burst of this many: a flood of fake announcements costs this much."""
     relay_ttl_days: float = 7.0
-    """A relay refuses envelopes that expire further ahead than this."""
+    """A relay holds envelopes at most this long; it refuses those that expire
+    further ahead than this plus the skew a sender's clock may have (a day,
+    or this much if less)."""
     relay_max_bytes: int = 256 << 20
     """Envelope bytes a relay holds for others, in all; when full it refuses."""
     relay_peer_bytes: int = 32 << 20

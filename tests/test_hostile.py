@@ -152,8 +152,9 @@ async def test_a_replayed_envelope_is_stored_once(harness: Harness) -> None:
     replayed = [r for r in receipts_to_b if mid in r.body["ids"]]  # type: ignore[index,operator]
     assert len(replayed) <= 1, f"{len(replayed)} receipts for one replayed message"
     # The sender's own resend comes a resend delay later: that copy gets one.
-    assert a.receipt_again(mid, a.now_ms() + RESEND_AFTER_MS)
-    assert not a.receipt_again(mid, a.now_ms() + RESEND_AFTER_MS)
+    later = a.now_ms() + RESEND_AFTER_MS
+    assert a.store.receipt_again(mid, later, RESEND_AFTER_MS)
+    assert not a.store.receipt_again(mid, later, RESEND_AFTER_MS)
 
 
 async def test_forged_envelopes_receipts_and_notices_change_nothing(harness: Harness) -> None:

@@ -115,10 +115,22 @@ def test_a_sender_whose_clock_runs_ahead_can_still_use_the_relay(
     db: Store, people: tuple[Identity, ...]
 ) -> None:
     """A 7-day message from a clock an hour ahead expires 7 days and an hour
-    from now by ours; a relay with the default 7-day limit still holds it."""
+    from now by ours; a relay with the default 7-day limit still takes it,
+    and holds it for its 7 days."""
     a, b, up, _ = people
     ahead = sealed_for(a, b, "from a fast clock", exp=NOW + 7 * DAY + 3600_000)
     assert hold(db, ahead, up) is RelayResult.STORED
+    assert [r.message_id for r in db.relay_for(b.node_id, NOW + 7 * DAY - 1)] == [ahead.message_id]
+    assert db.relay_for(b.node_id, NOW + 7 * DAY) == []
+    # A relay with a short limit allows no more skew than the limit itself.
+    half_day = RelayQuota(max_ttl_ms=DAY // 2)
+    for exp, taken in ((NOW + DAY, True), (NOW + DAY + 1, False)):
+        outer = sealed_for(a, b, f"exp {exp}", exp=exp)
+        verdict = db.accept_relay(
+            outer.message_id, outer.recipient, outer.expires_ms, outer.raw,
+            up.node_id, NOW, half_day,
+        )  # fmt: skip
+        assert (verdict.result is RelayResult.STORED) == taken
 
 
 def test_delivery_drops_only_copies_for_the_signer_and_later_copies_are_refused(

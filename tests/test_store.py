@@ -106,6 +106,31 @@ def test_same_envelope_is_stored_once(tmp_path: Path, alice: Identity, bob: Iden
         assert s.inbox_count() == 1
 
 
+def test_a_copy_gets_another_receipt_at_most_once_per_interval(
+    tmp_path: Path, alice: Identity, bob: Identity
+) -> None:
+    minute = 60_000
+    msgs = [incoming(alice, bob, f"m{i}") for i in range(5000)]
+    with Store.open(tmp_path / "n.db") as s:
+        with s.transaction():
+            for msg, sealed in msgs:
+                s.accept_incoming(msg, sealed, NOW)
+        first = msgs[0][0].message_id
+        assert s.receipt_again(first, NOW, minute)  # the first copy: its receipt may be lost
+        assert not s.receipt_again(first, NOW + minute - 1, minute)
+        # Many different ids replayed in turn: none gets a second receipt
+        # within the interval (nothing is forgotten to make room).
+        assert all(s.receipt_again(m.message_id, NOW + 1, minute) for m, _ in msgs[1:])
+        assert not any(s.receipt_again(m.message_id, NOW + 2, minute) for m, _ in msgs)
+        assert not s.receipt_again(b"\x00" * 32, NOW, minute)  # not held: none
+    # Remembered across a restart; due again a resend interval later, and at
+    # once after the clock was set back past the last one.
+    with Store.open(tmp_path / "n.db") as s:
+        assert not s.receipt_again(first, NOW + minute - 1, minute)
+        assert s.receipt_again(first, NOW + minute, minute)
+        assert s.receipt_again(first, NOW, minute)
+
+
 def test_expired_and_future_messages_are_refused_and_not_remembered(
     db: Store, alice: Identity, bob: Identity
 ) -> None:
