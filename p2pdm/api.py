@@ -1196,7 +1196,18 @@ OPENAPI: dict[str, Any] = {
                 errors=(404, *_STORES),
                 body={
                     "type": "object",
-                    "properties": {"seconds": {"type": "number", "minimum": 0}},
+                    "properties": {
+                        "seconds": {
+                            "anyOf": [
+                                {"type": "number", "enum": [0]},
+                                {
+                                    "type": "number",
+                                    "minimum": MIN_DISAPPEAR_MS / 1000,
+                                    "maximum": MAX_DISAPPEAR_MS / 1000,
+                                },
+                            ]
+                        }
+                    },
                     "required": ["seconds"],
                 },
             )

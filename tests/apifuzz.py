@@ -221,7 +221,12 @@ def operations(schema: BaseSchema) -> list[APIOperation]:
         op = result.ok()
         if (op.method.upper(), op.path) not in STREAMING:
             found.append(op)
-    return sorted(found, key=lambda op: (op.path, op.method))
+    return sorted(found, key=lambda op: order_key(op.method, op.path))
+
+
+def order_key(method: str, path: str) -> tuple[bool, str, str]:
+    """Deletes last: run earlier, they would remove the names others are given."""
+    return (method.upper() == "DELETE", path, method.upper())
 
 
 def run_operation(
@@ -332,6 +337,7 @@ def seeded_node(workdir: Path) -> Iterator[tuple[NodeProcess, Known]]:
             path={"peer": peers, "id": [mine, theirs], "group": [group, "fuzzers"]},
             query={"peer": peers},
             body={
+                "id": [carol, b_id],
                 "to": peers,
                 "peer": peers,
                 "ids": [mine, theirs],

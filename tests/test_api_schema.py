@@ -31,10 +31,13 @@ if TYPE_CHECKING:
 EXAMPLES = 10
 ERROR = "#/components/schemas/Error"
 OPERATIONS = sorted(
-    (method.upper(), path)
-    for path, item in OPENAPI["paths"].items()
-    for method in item
-    if (method.upper(), path) not in apifuzz.STREAMING
+    (
+        (method.upper(), path)
+        for path, item in OPENAPI["paths"].items()
+        for method in item
+        if (method.upper(), path) not in apifuzz.STREAMING
+    ),
+    key=lambda op: apifuzz.order_key(*op),
 )
 
 
@@ -58,7 +61,7 @@ def test_the_node_serves_the_document_it_was_built_with(fuzzed: Fuzzed) -> None:
     served = fuzzed.session.get(f"{apifuzz.BASE_URL}/openapi.json", timeout=30).json()
     assert served == OPENAPI
     fuzzed_ops = [(op.method.upper(), op.path) for op in apifuzz.operations(fuzzed.schema)]
-    assert sorted(fuzzed_ops) == OPERATIONS
+    assert fuzzed_ops == OPERATIONS
 
 
 @pytest.mark.parametrize(("method", "path"), OPERATIONS)
@@ -68,6 +71,9 @@ def test_operation_keeps_to_the_document(fuzzed: Fuzzed, method: str, path: str)
     apifuzz.run_operation(op, fuzzed.session, EXAMPLES, report, fuzzed.known)
     assert report.requests > 0
     assert not report.failures, apifuzz.format_report(report)
+    # Some request got through to the code behind the checks, and its answer
+    # was checked against the document too.
+    assert any(200 <= status < 300 for status in report.by_status), report.by_status
     # Whatever it was asked to do, it knows (so dials) only loopback addresses.
     assert apifuzz.only_loopback(fuzzed.node) == []
 
