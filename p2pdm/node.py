@@ -1907,25 +1907,29 @@ class Node:
             log.warning("refused connection from %s: %s", remote, refusal)
             await stream.aclose()
             return
-        self._admission.half_open += 1
-        try:
-            conn = await run_handshake(
-                self._wrap_stream(stream),
-                self.identity,
-                self.static,
-                initiator=False,
-                remote=remote,
-                limits=self.config.limits,
-            )
-        except (HandshakeError, ConnectionClosed) as exc:
-            log.info("handshake from %s failed: %s", remote, exc)
-            await stream.aclose()
+        with trio.CancelScope() as making_room:
+            key = self._admission.started(trio.current_time(), making_room)
+            try:
+                conn = await run_handshake(
+                    self._wrap_stream(stream),
+                    self.identity,
+                    self.static,
+                    initiator=False,
+                    remote=remote,
+                    limits=self.config.limits,
+                )
+            except (HandshakeError, ConnectionClosed) as exc:
+                log.info("handshake from %s failed: %s", remote, exc)
+                await stream.aclose()
+                return
+            except BaseException:
+                await stream.aclose()
+                raise
+            finally:
+                self._admission.finished(key)
+        if making_room.cancelled_caught:
+            log.info("handshake from %s ended to make room for a newer one", remote)
             return
-        except BaseException:
-            await stream.aclose()
-            raise
-        finally:
-            self._admission.half_open -= 1
         await self._run_link(conn)
 
     async def dial(self, host: str, port: int, expected: NodeId | None = None) -> Connection:

@@ -44,6 +44,10 @@ class TransportLimits:
     """Seconds a peer has to finish the handshake: a stalled one holds a slot."""
     max_half_open: int = 64
     """Handshakes in progress at once, from everyone."""
+    half_open_grace: float = 1.0
+    """When all those slots are taken, a newcomer ends the oldest handshake
+    in progress if it has taken longer than this (an honest one takes a
+    round trip): stalled handshakes cannot keep new peers out."""
     handshake_rate: float = 5.0
     """New handshakes per second allowed from one source address..."""
     handshake_burst: float = 20.0
@@ -308,16 +312,24 @@ class AdmissionControl:
     """Who may start a handshake now: per-source token buckets and a half-open cap."""
 
     limits: TransportLimits
-    half_open: int = 0
     _buckets: dict[str, TokenBucket] = field(default_factory=dict)
     # Bound the bucket table itself: a spoofing-free TCP attacker has few
     # addresses, but a LAN can have many; full buckets are dropped first.
     max_buckets: int = 4096
+    # Handshakes in progress, oldest first: when each began, and how to end it.
+    _in_progress: dict[int, tuple[float, trio.CancelScope]] = field(default_factory=dict)
+    _next_key: int = 0
+
+    @property
+    def half_open(self) -> int:
+        return len(self._in_progress)
 
     def admit(self, source: str, now: float) -> str | None:
-        """None if a handshake from `source` may start now, else why not."""
-        if self.half_open >= self.limits.max_half_open:
-            return f"too many handshakes in progress ({self.limits.max_half_open})"
+        """None if a handshake from `source` may start now, else why not.
+
+        With every slot taken, the oldest handshake is ended to make room if
+        it is past `half_open_grace`; only a newcomer within its source's
+        rate gets to do that."""
         bucket = self._buckets.get(source)
         if bucket is None:
             if len(self._buckets) >= self.max_buckets:
@@ -326,7 +338,22 @@ class AdmissionControl:
             self._buckets[source] = bucket
         if not bucket.take(now):
             return f"too many new connections from {source}"
+        if self.half_open >= self.limits.max_half_open:
+            key, (began, scope) = next(iter(self._in_progress.items()))
+            if now - began < self.limits.half_open_grace:
+                return f"too many handshakes in progress ({self.limits.max_half_open})"
+            scope.cancel()
+            del self._in_progress[key]
         return None
+
+    def started(self, now: float, scope: trio.CancelScope) -> int:
+        """A handshake began under `scope` (cancelled to make room); returns its key."""
+        self._next_key += 1
+        self._in_progress[self._next_key] = (now, scope)
+        return self._next_key
+
+    def finished(self, key: int) -> None:
+        self._in_progress.pop(key, None)  # gone already if it was ended to make room
 
     def _forget_full(self, now: float) -> None:
         for key in [k for k, b in self._buckets.items() if b.full(now)]:

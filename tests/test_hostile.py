@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 import trio
+import trio.testing
 
 from p2pdm import envelope, wire
 from p2pdm.envelope import MessageKind
@@ -323,6 +324,54 @@ async def test_1000_half_open_connections(harness: Harness, tmp_path: Path) -> N
             with trio.CancelScope(shield=True):
                 await c.shutdown()
             c.store.close()
+
+
+@contextlib.contextmanager
+def _closing(streams: list[trio.SocketStream]) -> Iterator[None]:
+    """Close the attacker's sockets however the test ends."""
+    try:
+        yield
+    finally:
+        for stream in streams:
+            stream.socket.close()
+
+
+async def test_stalled_handshakes_cannot_keep_a_new_peer_out(tmp_path: Path) -> None:
+    """Every handshake slot is held by a connection that sends nothing, with
+    a deadline far off: a new peer still gets in, by ending the oldest
+    stalled handshake once it is past the grace, and only that one."""
+    limits = dataclasses.replace(LIMITS, handshake_timeout=600.0, max_half_open=8)
+    async with harness_nodes(tmp_path, limits) as harness:
+        a = harness.a
+        stalled: list[trio.SocketStream] = []
+        with trio.fail_after(DEADLINE), _closing(stalled):
+            for i in range(8):
+                stalled.append(await attacker_stream(harness.port, attacker_source(i)))
+            await trio.testing.wait_all_tasks_blocked()  # the node took them all
+            assert a._admission.half_open == 8
+            events = a.events.subscribe()
+            c = make_node(tmp_path, "c", bootstrap=(a.bound[0],), limits=limits)
+            try:
+                await harness.nursery.start(c.run)
+                while (await next_event(events, "peer"))["id"] != str(c.identity.node_id):
+                    pass
+                [mid] = await c.send_texts(a.identity.node_id, ["past the stalled ones"])
+                c_events = c.events.subscribe()
+                while (await next_event(c_events, "delivered"))["id"] != mid.hex():
+                    pass
+            finally:
+                with trio.CancelScope(shield=True):
+                    await c.shutdown()
+                c.store.close()
+            # C's dials ended a stalled handshake each (a refused one ends
+            # none); the rest are still held, far from their deadline.
+            ended = 0
+            for stream in stalled:
+                with trio.move_on_after(0.2):
+                    await closed_by_node(stream)
+                    ended += 1
+            assert 1 <= ended < 8
+            await harness.legit_exchange()
 
 
 async def test_a_peer_that_reads_nothing_is_dropped_and_its_mail_kept(

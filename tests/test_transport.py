@@ -145,7 +145,7 @@ def test_token_bucket() -> None:
     assert bucket.full(10.0)
 
 
-def test_admission_limits_per_source_and_half_open() -> None:
+async def test_admission_limits_per_source_and_half_open() -> None:
     control = AdmissionControl(
         TransportLimits(handshake_rate=1.0, handshake_burst=2.0, max_half_open=3)
     )
@@ -156,8 +156,29 @@ def test_admission_limits_per_source_and_half_open() -> None:
     assert "10.0.0.1" in refusal
     assert control.admit("10.0.0.2", 0.0) is None  # others are unaffected
     assert control.admit("10.0.0.1", 1.0) is None  # refilled
-    control.half_open = 3
-    assert "in progress" in (control.admit("10.0.0.3", 5.0) or "")
+    scopes = [trio.CancelScope() for _ in range(3)]
+    keys = [control.started(5.0 + i / 10, scope) for i, scope in enumerate(scopes)]
+    assert control.half_open == 3
+    assert "in progress" in (control.admit("10.0.0.3", 5.5) or "")
+    # Past the grace, a newcomer ends the oldest handshake to take its slot...
+    assert control.admit("10.0.0.4", 6.0 + TransportLimits().half_open_grace) is None
+    assert [s.cancel_called for s in scopes] == [True, False, False]
+    assert control.half_open == 2
+    control.finished(keys[0])  # its task ends after being cancelled: no effect
+    assert control.half_open == 2
+
+
+async def test_a_newcomer_over_its_rate_ends_no_handshake() -> None:
+    control = AdmissionControl(
+        TransportLimits(handshake_rate=0.001, handshake_burst=1.0, max_half_open=1)
+    )
+    assert control.admit("10.0.0.1", 0.0) is None
+    scope = trio.CancelScope()
+    control.started(0.0, scope)
+    assert "10.0.0.1" in (control.admit("10.0.0.1", 100.0) or "")
+    assert not scope.cancel_called
+    assert control.admit("10.0.0.2", 100.0) is None
+    assert scope.cancel_called
 
 
 def test_admission_table_is_bounded() -> None:
