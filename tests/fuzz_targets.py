@@ -208,6 +208,10 @@ def handshake_responder(data: bytes) -> None:
         required={"version", "key", "sig"},
     )
     assert identity["key"] == ME.node_id.public_key
+    # The version an initiator checks with field_int: an integer, not a bool.
+    version = identity["version"]
+    assert type(version) is int, f"msg2 names version {version!r}"
+    assert version in handshake.PROTOCOL_VERSIONS, f"msg2 names version {version}"
     msg3 = r.rest() if mode == 1 else initiator.write_message(r.rest()[:limit])
     try:
         answer = responder.receive(msg3)
