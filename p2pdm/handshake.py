@@ -253,7 +253,9 @@ class Handshake:
         offered = fields["versions"]
         if not isinstance(offered, list) or not 0 < len(offered) <= MAX_OFFERED_VERSIONS:
             raise wire.WireError(f"versions must be a list of 1 to {MAX_OFFERED_VERSIONS} integers")
-        common = set(self._versions) & {v for v in offered if isinstance(v, int)}
+        # A bool is an int to Python but not to CBOR: true is no version 1.
+        ints = {v for v in offered if isinstance(v, int) and not isinstance(v, bool)}
+        common = set(self._versions) & ints
         self._step = 2
         if not common:
             reason = (

@@ -178,6 +178,38 @@ def test_no_common_version_gets_a_clear_refusal(alice: Identity, bob: Identity) 
         a.receive(caught.value.reply)
 
 
+def _offer(responder: Handshake, versions: list[wire.Value]) -> tuple[noise.HandshakeState, bytes]:
+    """A hand-made initiator's msg1 with this version list, and the responder's answer."""
+    raw = noise.HandshakeState(initiator=True, prologue=PROLOGUE, static_private=b"\x05" * 32)
+    try:
+        msg2 = responder.receive(raw.write_message(wire.encode({"versions": versions})))
+    except HandshakeError as exc:
+        msg2 = exc.reply
+    assert msg2 is not None
+    return raw, msg2
+
+
+@pytest.mark.parametrize("offered", [[True], [True, 7]])
+def test_a_boolean_in_the_version_list_is_no_version(
+    bob: Identity, offered: list[wire.Value]
+) -> None:
+    # CBOR true is not the integer 1, though Python's True == 1: a responder
+    # that took it for version 1 answered {"version": true}, which no
+    # initiator reads, instead of saying there is no common version.
+    raw, msg2 = _offer(Handshake(bob, initiator=False), offered)
+    payload = wire.decode(raw.read_message(msg2))
+    assert isinstance(payload, dict)
+    assert "no common protocol version" in str(payload["error"])
+
+
+def test_a_boolean_beside_version_1_leaves_version_1(bob: Identity) -> None:
+    raw, msg2 = _offer(Handshake(bob, initiator=False), [True, 1])
+    payload = wire.decode(raw.read_message(msg2))
+    assert isinstance(payload, dict)
+    assert type(payload["version"]) is int
+    assert payload["version"] == 1
+
+
 @pytest.mark.parametrize(
     "public",
     [
