@@ -53,6 +53,7 @@ from p2pdm.session import (
     SessionError,
     State,
 )
+from tests.hostile_cbor import HOSTILE
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -598,6 +599,9 @@ def _seed_envelope(kind: MessageKind, body: wire.Value, *, to: Identity = ME) ->
     )
 
 
+MAX_HOSTILE_SEED = 1024
+
+
 def _wire_seeds() -> dict[str, bytes]:
     session = Session(PEER_HELLO)
     return {
@@ -608,6 +612,12 @@ def _wire_seeds() -> dict[str, bytes]:
             [0, 23, 24, 255, 256, 65535, 65536, 1 << 32, (1 << 64) - 1, -(1 << 64)]
         ),
         "frames": wire.encode_frame(b"one") + wire.encode_frame(b"") + b"\x00\x05tw",
+        # What the decoder must refuse (the small ones: the corpus stays small).
+        **{
+            "hostile-" + re.sub(r"[^a-z0-9]+", "-", what.lower()).strip("-"): data
+            for what, data in HOSTILE.items()
+            if len(data) <= MAX_HOSTILE_SEED
+        },
     }
 
 
@@ -707,6 +717,10 @@ def _session_seeds() -> dict[str, bytes]:
         + b"".join(frame(f) for f in peer.file_data_frames(offer, 1, bytes(100)))
         + frame(peer.file_none_frame(offer, 2, "gone")),
         "bye": b"\x00" + frame(peer.bye_frame("done")),
+        # Hand-made, since a real peer keeps to our window and acks only pushes.
+        "over-window": b"\x00"
+        + b"".join(frame(wire.encode({"t": 2, "n": n, "env": b"x"})) for n in range(5)),
+        "ack-not-in-flight": b"\x00" + frame(ack0),
     }
 
 
