@@ -437,6 +437,9 @@ class _HttpConnection:
 
     async def _receive_request(self) -> tuple[h11.Request, bytes] | None:
         """The next request and its whole body; None when the client has closed."""
+        # Until this cycle's request is read, a refusal answers no HEAD: one
+        # left from the last cycle would drop the refusal's body.
+        self._head = False
         event = await self._next_event()
         if not isinstance(event, h11.Request):
             return None  # ConnectionClosed: the only other event h11 gives a server here

@@ -426,6 +426,31 @@ async def test_malformed_http_is_400_then_close(tmp_path: Path) -> None:
             assert (await in_thread(client.get, "/items/ok"))["params"] == {"item": "ok"}
 
 
+async def test_a_refusal_after_a_head_request_still_carries_its_body(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A HEAD answer has no body. The next request on the connection, if
+    # malformed, used to be refused without one too, though its header says
+    # how long it is: h11 refused to end that answer, so the client got no
+    # answer at all and the server logged a traceback. (Found by fuzzing.)
+    path = tmp_path / "api.sock"
+    with trio.fail_after(DEADLINE), caplog.at_level(logging.ERROR, logger="p2pdm.httpapi"):
+        async with serving(path, App().router()):
+            for second in (b"THIS IS NOT HTTP\r\n\r\n", b"GET /items/x HTTP/1.1\r\nHost"):
+                stream, reader = await raw(path)
+                async with stream:
+                    await stream.send_all(http_request("HEAD", "/items/1") + second)
+                    await stream.send_eof()
+                    head = await reader.until(b"\r\n\r\n")
+                    assert head.startswith(b"HTTP/1.1 405 ")  # HEAD is routed nowhere
+                    status, headers, body = await reader.response()
+                    assert status == 400
+                    assert headers["connection"] == "close"
+                    assert body["error"].startswith("malformed HTTP request")
+                    assert await reader.eof() == b""
+    assert not caplog.records
+
+
 async def test_handler_crash_is_500_and_the_server_goes_on(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
