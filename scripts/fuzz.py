@@ -14,9 +14,10 @@ stops libFuzzer; the run restarts (at most --max-crashes times) until its
 time is used. Per harness this prints the CPU minutes used, executions,
 the size of the corpus it ended with, and crashes found.
 
-A crash is fixed in p2pdm/, and its input (minimized with
-`--worker NAME -minimize_crash=1 -runs=10000 FILE`) is committed as
-tests/corpus/<name>/crash-<what>, which tests/test_fuzz_corpus.py replays.
+A crash is fixed in p2pdm/, and its input, minimized with
+`--worker NAME -minimize_crash=1 -runs=10000 -exact_artifact_path=OUT FILE`,
+is committed as tests/corpus/<name>/crash-<what>, which
+tests/test_fuzz_corpus.py replays.
 `--merge` adds to tests/corpus/<name>/ the found inputs that reach new
 coverage (keep the committed corpus small).
 """
@@ -65,7 +66,9 @@ def _worker(name: str, libfuzzer_args: list[str]) -> None:
     with atheris.instrument_imports(include=["p2pdm", "h11", "tests"]):
         from tests import fuzz_targets
     target = fuzz_targets.TARGETS[name]
-    atheris.Setup([sys.argv[0], *libfuzzer_args], target)
+    # libFuzzer runs argv[0] again for -merge (and -fork): make it this worker.
+    again = f"{sys.executable} {Path(__file__).resolve()} --worker {name}"
+    atheris.Setup([again, *libfuzzer_args], target)
     atheris.Fuzz()
 
 
@@ -148,7 +151,7 @@ def _merge(name: str) -> None:
         str(Path(__file__).resolve()),
         "--worker",
         name,
-        "-merge=1",
+        "-set_cover_merge=1",  # a smaller set than -merge=1, same coverage
         f"-max_len={MAX_LEN[name]}",
         str(CORPUS / name),
         str(found),
