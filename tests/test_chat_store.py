@@ -222,6 +222,7 @@ UNDO_SCHEMA_5 = (
     " ALTER TABLE outbox DROP COLUMN edited_ms; ALTER TABLE outbox DROP COLUMN deleted;"
     " ALTER TABLE outbox DROP COLUMN vanish_ms;"
 )
+UNDO_SCHEMA_6 = " ALTER TABLE inbox DROP COLUMN receipted_again_ms;"
 
 
 def test_upgrading_a_store_indexes_the_messages_it_already_holds(tmp_path: Path) -> None:
@@ -234,8 +235,8 @@ def test_upgrading_a_store_indexes_the_messages_it_already_holds(tmp_path: Path)
     conn.executescript(
         "DROP TABLE search; DROP INDEX inbox_by_sender_time; DROP INDEX outbox_by_recipient_time;"
         " DROP INDEX inbox_unread;"
-        # and what schema 5 added (groups, attachments)
-        f"{UNDO_SCHEMA_5}"
+        # and what schemas 5 and 6 added (groups, attachments; receipts for copies)
+        f"{UNDO_SCHEMA_6}{UNDO_SCHEMA_5}"
         " PRAGMA user_version = 3;"  # schema 3: the one before search
     )
     conn.close()
