@@ -1900,9 +1900,7 @@ class Node:
             return
         source = str(peername[0])
         remote = format_address(source, peername[1])
-        refusal = self._admission.admit(source, trio.current_time())
-        if refusal is None and len(self.links) >= self.config.limits.max_connections:
-            refusal = f"connection limit ({self.config.limits.max_connections}) reached"
+        refusal = self._admission.admit(source, trio.current_time(), len(self.links))
         if refusal is not None:
             log.warning("refused connection from %s: %s", remote, refusal)
             await stream.aclose()

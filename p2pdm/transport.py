@@ -324,12 +324,15 @@ class AdmissionControl:
     def half_open(self) -> int:
         return len(self._in_progress)
 
-    def admit(self, source: str, now: float) -> str | None:
-        """None if a handshake from `source` may start now, else why not.
+    def admit(self, source: str, now: float, connections: int = 0) -> str | None:
+        """None if a handshake from `source` may start now, with `connections`
+        established, else why not.
 
         With every slot taken, the oldest handshake is ended to make room if
-        it is past `half_open_grace`; only a newcomer within its source's
-        rate gets to do that."""
+        it is past `half_open_grace`; only a newcomer that would be let in
+        (under the connection cap, within its source's rate) gets to do that."""
+        if connections >= self.limits.max_connections:
+            return f"connection limit ({self.limits.max_connections}) reached"
         bucket = self._buckets.get(source)
         if bucket is None:
             if len(self._buckets) >= self.max_buckets:

@@ -338,8 +338,9 @@ def _closing(streams: list[trio.SocketStream]) -> Iterator[None]:
 
 async def test_stalled_handshakes_cannot_keep_a_new_peer_out(tmp_path: Path) -> None:
     """Every handshake slot is held by a connection that sends nothing, with
-    a deadline far off: a new peer still gets in, by ending the oldest
-    stalled handshake once it is past the grace, and only that one."""
+    a deadline far off: a new peer still gets in, by ending a stalled
+    handshake past the grace for each of its dials that is let in; the
+    others stay."""
     limits = dataclasses.replace(LIMITS, handshake_timeout=600.0, max_half_open=8)
     async with harness_nodes(tmp_path, limits) as harness:
         a = harness.a

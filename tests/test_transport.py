@@ -168,7 +168,7 @@ async def test_admission_limits_per_source_and_half_open() -> None:
     assert control.half_open == 2
 
 
-async def test_a_newcomer_over_its_rate_ends_no_handshake() -> None:
+async def test_a_newcomer_refused_anyway_ends_no_handshake() -> None:
     control = AdmissionControl(
         TransportLimits(handshake_rate=0.001, handshake_burst=1.0, max_half_open=1)
     )
@@ -177,7 +177,10 @@ async def test_a_newcomer_over_its_rate_ends_no_handshake() -> None:
     control.started(0.0, scope)
     assert "10.0.0.1" in (control.admit("10.0.0.1", 100.0) or "")
     assert not scope.cancel_called
-    assert control.admit("10.0.0.2", 100.0) is None
+    # Nor one refused at the connection cap.
+    assert "connection limit" in (control.admit("10.0.0.2", 100.0, connections=256) or "")
+    assert not scope.cancel_called
+    assert control.admit("10.0.0.2", 100.0, connections=255) is None
     assert scope.cancel_called
 
 
