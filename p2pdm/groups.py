@@ -155,6 +155,9 @@ def make_state(
     parent: bytes | None = None,
 ) -> GroupState:
     """A new state from sets; raises GroupError if it is not one members would take."""
+    # Names others' states carry are shown escaped; ours are plain text from the start.
+    if not name.strip().isprintable():
+        raise GroupError("a group name is printable characters on one line")
     state = GroupState(
         group_id,
         version,

@@ -90,6 +90,9 @@ def test_bad_states_are_refused_with_a_reason() -> None:
         make_state(GID, 1, "x", {me}, {admin})
     with pytest.raises(groups.GroupError, match="name is empty"):
         make_state(GID, 1, "  ", {me}, {me})
+    for name in ("\x1b[31mred", "two\nlines"):
+        with pytest.raises(groups.GroupError, match="printable"):
+            make_state(GID, 1, name, {me}, {me})
     with pytest.raises(groups.GroupError, match="names the parent"):
         make_state(GID, 2, "x", {me}, {me})
     many = set(ids(groups.MAX_MEMBERS + 1))
