@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import random
 import struct
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -37,11 +38,11 @@ class Faults:
     delay: float = 0.0
     max_delay_s: float = 0.05
     seed: int = 0
-    counts: dict[str, int] = field(default_factory=dict)
+    counts: Counter[str] = field(default_factory=Counter)
     """What every stream made with these faults did, by kind (and "frames")."""
 
     def count(self, what: str) -> None:
-        self.counts[what] = self.counts.get(what, 0) + 1
+        self.counts[what] += 1
 
 
 class FaultyStream(trio.abc.Stream):

@@ -261,6 +261,17 @@ class Harness:
                 pending.discard(mid)
                 self.delivered += 1
 
+    @contextlib.asynccontextmanager
+    async def exchanging(self) -> AsyncIterator[None]:
+        """B exchanges with A while the body runs (a round at least), and
+        once more after it: honest traffic during and after an attack."""
+        stop = trio.Event()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.exchange_until, stop)
+            yield
+            stop.set()
+        await self.legit_exchange()
+
     async def exchange_until(self, done: trio.Event, count: int = 5) -> int:
         """Exchange rounds of `count` until `done` is set (at least one round);
         returns how many rounds went through."""

@@ -124,7 +124,6 @@ async def test_a_replayed_envelope_is_stored_once(harness: Harness) -> None:
         assert row is not None
         captured = row.envelope
         outbox_before = len(a.store.outbox())
-        stop = trio.Event()
         statuses: list[AckStatus] = []
 
         async def replay(n: int) -> None:
@@ -132,13 +131,9 @@ async def test_a_replayed_envelope_is_stored_once(harness: Harness) -> None:
             statuses.extend(ack.status for ack in await peer.push_all([captured] * 300))
             await peer.aclose()
 
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(harness.exchange_until, stop)
-            async with trio.open_nursery() as replays:
-                for n in range(2):
-                    replays.start_soon(replay, n)
-            stop.set()
-        await harness.legit_exchange()
+        async with harness.exchanging(), trio.open_nursery() as replays:
+            for n in range(2):
+                replays.start_soon(replay, n)
 
     assert statuses == [AckStatus.DUPLICATE] * 600
     assert [r.body for r in a.store.inbox() if r.sender == b.identity.node_id].count(
@@ -198,9 +193,7 @@ async def test_forged_envelopes_receipts_and_notices_change_nothing(harness: Har
     carol_notice = wire.encode({"notice": body, "sig": mallory.sign(NOTICE_CONTEXT + body)})
 
     with trio.fail_after(DEADLINE):
-        stop = trio.Event()
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(harness.exchange_until, stop)
+        async with harness.exchanging():
             peer = await HostilePeer.connect(harness.port, mallory)
             acks = await peer.push_all(list(forged.values()))
             own = await peer.push(own_receipt)
@@ -210,9 +203,7 @@ async def test_forged_envelopes_receipts_and_notices_change_nothing(harness: Har
             await peer.conn.send(peer.session.ping_frame(7))
             while not isinstance(peer.session.receive(await peer.conn.receive()), PongReceived):
                 pass
-            stop.set()
         await peer.aclose()
-        await harness.legit_exchange()
 
     for what, ack in zip(forged, acks, strict=True):
         assert ack.status is AckStatus.REFUSED, what
@@ -246,14 +237,9 @@ async def test_a_relay_past_its_quotas_stores_at_most_them(tmp_path: Path) -> No
             await peer.aclose()
 
         with trio.fail_after(DEADLINE):
-            stop = trio.Event()
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(harness.exchange_until, stop)
-                async with trio.open_nursery() as uploads:
-                    for n in range(3):
-                        uploads.start_soon(upload, n)
-                stop.set()
-            await harness.legit_exchange()
+            async with harness.exchanging(), trio.open_nursery() as uploads:
+                for n in range(3):
+                    uploads.start_soon(upload, n)
 
         held_total = a.store.relay_usage()[1]
         assert held_total <= RELAY_LIMITS.relay_max_bytes
