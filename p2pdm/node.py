@@ -332,6 +332,8 @@ class BatchContext:
     """Peers that offered us files in this batch: fetch once committed."""
     vanishing: bool = False
     """A disappearing text was stored: the vanish timer may need to be sooner."""
+    timers: dict[NodeId, int] = field(default_factory=dict)
+    """Conversation timers set in this batch: the node's copy takes them once committed."""
 
     def accepts(self, store: Store, peer: NodeId) -> bool:
         if peer not in self.accepted:
@@ -439,6 +441,7 @@ class Committer:
                 self._node.messages_delivered += ctx.delivered
                 self._node.duplicates_received += ctx.duplicates
                 self._node.relay_received += ctx.relayed
+                self._node.timers.update(ctx.timers)
                 if ctx.relayed or ctx.released:
                     self._node.note_relay_change()
                 for op in batch:
@@ -956,6 +959,7 @@ def take_change(
         # Latest wins, by the sender's clock but never ahead of ours: a
         # clock running fast must not pin the setting.
         if store.set_timer(sender, body["after"], min(ts_ms, ctx.now_ms)):
+            ctx.timers[sender] = body["after"]
             ctx.events.append(("timer", {"peer": str(sender), "after": body["after"] / 1000}))
         return
     ref: bytes = body["ref"]
@@ -1761,6 +1765,9 @@ class Node:
         self._nursery: trio.Nursery | None = None
         self.transfers = Transfers(self)
         self.vanish_wake = trio.Event()
+        # Conversation timers read so far, kept current by the committer: a
+        # send does not wait for the store (and its current batch) to read one.
+        self.timers: dict[NodeId, int] = {}
         self.started_at = time.time()
         self.settings = ChatSettings.load(store)
         self._records_held: dict[NodeId, dict[NodeId, int]] = {}  # by recency of use
@@ -2455,7 +2462,10 @@ class Node:
         if not 0 < ttl <= MAX_TTL_MS:
             raise ValueError(f"ttl must be between 1 ms and {MAX_TTL_MS // 86_400_000} days")
         now = self.now_ms()
-        vanish = await self.store_call(self.store.timer, to)
+        vanish = self.timers.get(to)
+        if vanish is None:
+            # setdefault: a timer committed while this read waited is newer.
+            vanish = self.timers.setdefault(to, await self.store_call(self.store.timer, to))
         # A disappearing text's envelope expires with it: no relay keeps it longer.
         expires = now + (min(ttl, vanish) if vanish else ttl)
         op = await self._commit(SendTexts(to, list(texts), now, expires, vanish))
@@ -2594,7 +2604,8 @@ class Node:
             )
 
         def effect(store: Store, ctx: BatchContext) -> None:
-            store.set_timer(peer, after_ms, ctx.now_ms)
+            if store.set_timer(peer, after_ms, ctx.now_ms):
+                ctx.timers[peer] = after_ms
             ctx.events.append(("timer", {"peer": str(peer), "after": after_ms / 1000}))
 
         await self._commit(SendChange(peer, MessageKind.TIMER, {"after": after_ms}, effect))

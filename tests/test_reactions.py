@@ -125,6 +125,8 @@ async def test_disappearing_texts_vanish_from_both_sides(tmp_path: Path) -> None
             b_events = b.events.subscribe()
             a_events = a.events.subscribe()
             [before] = await a.send_texts(b_home.id, ["this one stays"])
+            # b sends before the timer too: it must not keep the timer it read then.
+            [b_before] = await b.send_texts(a_home.id, ["so does this one"])
             await a.set_timer(b_home.id, 5_000)
             await until(b_events, ("timer", {"after": 5.0}))
             assert b.store.timer(a_home.id) == 5_000  # both sides now send them
@@ -142,11 +144,15 @@ async def test_disappearing_texts_vanish_from_both_sides(tmp_path: Path) -> None
                     events, ("vanished", {"id": poof.hex()}), ("vanished", {"id": back.hex()})
                 )
             for node, peer in ((a, b_home.id), (b, a_home.id)):
-                assert [r.message_id for r in node.store.conversation(peer, 10)] == [before]
+                kept = {r.message_id for r in node.store.conversation(peer, 10)}
+                assert kept == {before, b_before}
                 assert node.store.search("vanishes", 10) == []
             await b.set_timer(a_home.id, 0)
             await until(a_events, ("timer", {"after": 0.0}))
             assert a.store.timer(b_home.id) == 0
+            [stays] = await a.send_texts(b_home.id, ["off again: this one stays"])
+            [shown] = [r for r in a.store.conversation(b_home.id, 10) if r.message_id == stays]
+            assert shown.vanish_ms is None
             nursery.cancel_scope.cancel()
 
 
