@@ -334,6 +334,8 @@ class BatchContext:
     vanishing: bool = False
     """A disappearing text was stored: the vanish timer may need to be sooner."""
     timers: dict[NodeId, int] = field(default_factory=dict)
+    early_targets: set[bytes] | None = None
+    """Ids stored in this batch that changes may have overtaken (None: not known)."""
     """Conversation timers set in this batch: the node's copy takes them once committed."""
 
     def accepts(self, store: Store, peer: NodeId) -> bool:
@@ -839,6 +841,9 @@ class IncomingPush(Op):
         results = store.accept_incoming_many(
             [(msg, op.data) for op, msg in direct], ctx.now_ms, strangers=strangers
         )
+        # One query for the whole batch, not one per message: changes that
+        # came first are rare. Group rows stored below refer to shared ids.
+        ctx.early_targets = store.changed_before([msg.message_id for _, msg in direct])
         outcome = {id(op): result for (op, _), result in zip(direct, results, strict=True)}
         for op in pushes:
             if op.for_relay is not None:
@@ -1001,6 +1006,9 @@ def _early_changes(store: Store, ctx: BatchContext, msg: envelope.Message) -> No
     """Changes that overtook this message (through relays) apply now: for a
     group message, any member's (by its shared id), else its sender's."""
     _, shared_id = group_fields(msg.kind, msg.body)
+    known = ctx.early_targets
+    if shared_id is None and known is not None and msg.message_id not in known:
+        return  # nothing overtook it (one query for the batch said so)
     early = (
         store.early_changes(shared_id, None)
         if shared_id is not None

@@ -1708,6 +1708,20 @@ class Store:
         return [(r[0], NodeId(r[1]), r[2], _decode_body(r[3]), r[4]) for r in rows]
 
     @_db
+    def changed_before(self, targets: Sequence[bytes]) -> set[bytes]:
+        """Those of `targets` that reactions, edits or unsends are waiting for
+        (from anyone): `early_changes` finds nothing for the others."""
+        found: set[bytes] = set()
+        for chunk, marks in _id_chunks(targets):
+            rows = self._c().execute(
+                f"SELECT DISTINCT ref FROM inbox WHERE ref IN ({marks})"
+                f" AND kind IN ({REACTION_KIND}, {EDIT_KIND}, {DELETE_KIND})",
+                chunk,
+            )
+            found.update(bytes(r[0]) for r in rows)
+        return found
+
+    @_db
     def purge_unmatched(self, now_ms: int) -> int:
         """Forget changes and file parts whose target or offer never came,
         once they expire (a text that vanished, or a peer that sent them alone)."""
