@@ -146,8 +146,13 @@ def _open_box(me: Identity) -> nacl.public.SealedBox[nacl.public.PrivateKey]:
     return nacl.public.SealedBox(nacl.public.PrivateKey(me.x25519_private_key))
 
 
+# The envelope's own maps go through `wire.encode_fields`, their keys written
+# in canonical order (shorter encoding first, then bytewise): the bytes
+# `wire.encode` would make, without its generic walk and key sort.
 def compute_message_id(version: int, recipient: bytes, expires_ms: int, ciphertext: bytes) -> bytes:
-    content = wire.encode({"v": version, "to": recipient, "exp": expires_ms, "ct": ciphertext})
+    content = wire.encode_fields(
+        {"v": version, "ct": ciphertext, "to": recipient, "exp": expires_ms}
+    )
     return hashlib.blake2b(content, digest_size=MESSAGE_ID_LEN, person=_ID_PERSON).digest()
 
 
@@ -245,31 +250,31 @@ def seal_with_outer(
         _check_body(kind, body)
     except wire.WireError as exc:
         raise ValueError(str(exc)) from None
-    msg = wire.encode(
+    msg = wire.encode_fields(
         {
-            "from": sender.node_id.public_key,
             "to": recipient.public_key,
             "ts": timestamp_ms,
             "exp": expires_ms,
+            "body": wire.encode_field(body),
+            "from": sender.node_id.public_key,
             "kind": kind,
-            "body": body,
         }
     )
     if len(msg) > MAX_BODY_SIZE:
         raise ValueError(f"message is {len(msg)} bytes encoded, over {MAX_BODY_SIZE}")
-    inner = wire.encode(
-        {"from": sender.node_id.public_key, "sig": sender.sign(SIGN_CONTEXT + msg), "msg": msg}
+    inner = wire.encode_fields(
+        {"msg": msg, "sig": sender.sign(SIGN_CONTEXT + msg), "from": sender.node_id.public_key}
     )
     box = _seal_box(recipient)
     ciphertext = box.encrypt(inner)
     message_id = compute_message_id(ENVELOPE_VERSION, recipient.public_key, expires_ms, ciphertext)
-    sealed = wire.encode(
+    sealed = wire.encode_fields(
         {
             "v": ENVELOPE_VERSION,
-            "to": recipient.public_key,
-            "exp": expires_ms,
             "ct": ciphertext,
             "id": message_id,
+            "to": recipient.public_key,
+            "exp": expires_ms,
         }
     )
     return sealed, Outer(ENVELOPE_VERSION, recipient, expires_ms, ciphertext, message_id)

@@ -16,7 +16,7 @@ from p2pdm.wire import MAX_DEPTH, MAX_INT, MIN_INT, WireError, WireUsageError
 from .hostile_cbor import HOSTILE
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterable
 
 keys = st.one_of(st.integers(MIN_INT, MAX_INT), st.text(max_size=20))
 scalars = st.one_of(
@@ -191,6 +191,89 @@ def test_schema_helpers() -> None:
         wire.field_bytes({"b": b"xy"}, "b", "thing", size=3)
     with pytest.raises(WireError, match="over 3"):
         wire.field_text({"t": "abcd"}, "t", "thing", max_len=3)
+
+
+# --- encode_fields: flat maps whose keys come in canonical order -------------
+
+# Integer head boundaries (1, 2, 3, 5 and 9-byte forms), both signs.
+INT_EDGES = [0, 23, 24, 255, 256, 65535, 65536, 2**32 - 1, 2**32, 2**53 - 1, MAX_INT]
+INT_EDGES += [-1 - n for n in INT_EDGES]
+field_values = st.one_of(
+    st.booleans(),
+    st.sampled_from(INT_EDGES),
+    st.integers(MIN_INT, MAX_INT),
+    st.binary(max_size=300),
+    values,
+)
+
+
+def canonical_order(keys: Iterable[str]) -> list[str]:
+    """Shorter encoding first, then bytewise (what encode's cbor2 sort does)."""
+    return sorted(keys, key=lambda k: (len(cbor2.dumps(k)), cbor2.dumps(k)))
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.dictionaries(st.text(max_size=10), field_values, max_size=8), st.data())
+def test_encode_fields_makes_the_bytes_encode_makes(
+    fields: dict[str, wire.Value], data: st.DataObject
+) -> None:
+    def as_field(value: wire.Value) -> int | bytes | wire.Encoded:
+        # ints and bytes either as they are or through encode_field: same bytes
+        if isinstance(value, int | bytes) and data.draw(st.booleans()):
+            return value
+        return wire.encode_field(value)
+
+    try:
+        expected = wire.encode(fields)
+    except WireUsageError:  # nested too deep
+        with pytest.raises(WireUsageError):
+            wire.encode_fields({k: as_field(fields[k]) for k in canonical_order(fields)})
+        return
+    assert wire.encode_fields({k: as_field(fields[k]) for k in canonical_order(fields)}) == expected
+
+
+def test_encode_fields_at_every_length_boundary() -> None:
+    for size in (0, 23, 24, 255, 256, 65000):
+        fields: dict[str, wire.Value] = {"b": b"x" * size, "n": size, "t": "é" * (size // 8)}
+        flat = {"b": b"x" * size, "n": size, "t": wire.encode_field("é" * (size // 8))}
+        if size < 65000:
+            assert wire.encode_fields(flat) == wire.encode(fields)
+        else:  # the same limit as encode
+            with pytest.raises(WireUsageError, match="over 65535"):
+                wire.encode(fields)
+            with pytest.raises(WireUsageError, match="over 65535"):
+                wire.encode_fields(flat)
+
+
+def test_encode_field_nests_one_level_below_the_map() -> None:
+    for levels in range(MAX_DEPTH - 2, MAX_DEPTH + 2):
+        value: wire.Value = 0
+        for _ in range(levels):
+            value = [value]
+        try:
+            expected = wire.encode({"k": value})
+        except WireUsageError:
+            with pytest.raises(WireUsageError, match="deeper"):
+                wire.encode_field(value)
+        else:
+            assert wire.encode_fields({"k": wire.encode_field(value)}) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "why"),
+    [
+        (1.5, "float"),
+        (2**64, "64 bits"),
+        (-(2**64) - 1, "64 bits"),
+        (bytearray(b"x"), "bytearray"),
+        ("text", "encode_field"),
+        ([1], "encode_field"),
+        (None, "encode_field"),
+    ],
+)
+def test_encode_fields_refuses_what_is_not_a_flat_field(value: object, why: str) -> None:
+    with pytest.raises(WireUsageError, match=why):
+        wire.encode_fields({"k": value})  # type: ignore[dict-item]
 
 
 # --- frames -----------------------------------------------------------------
