@@ -203,7 +203,8 @@ class _Decoder:
             if pos + width > self.end:
                 raise self.fail("truncated item head", pos)
             info = arg
-            arg = int.from_bytes(data[pos : pos + width], "big")
+            # One byte (24..255) is the usual case: no slice and int.from_bytes.
+            arg = data[pos] if width == 1 else int.from_bytes(data[pos : pos + width], "big")
             pos += width
             if arg < _MIN_FOR_WIDTH[info]:
                 raise self.fail("non-canonical: integer or length not in its shortest form", pos)
@@ -259,7 +260,8 @@ class _Decoder:
         for _ in range(count):
             key_start = self.pos
             key = self.item()
-            if isinstance(key, bool) or not isinstance(key, (int, str)):
+            # item() returns exact types, so a bool (an int subclass) fails too.
+            if type(key) is not str and type(key) is not int:
                 raise self.fail("map keys must be integers or text")
             encoded = data[key_start : self.pos]
             # Canonical order (shorter encoding first, then bytewise) is

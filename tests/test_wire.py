@@ -156,6 +156,33 @@ def test_errors_name_the_problem() -> None:
 
 
 @pytest.mark.parametrize(
+    ("key", "accepted"),
+    [
+        ("00", 0),
+        ("20", -1),
+        ("1818", 24),
+        ("1bffffffffffffffff", MAX_INT),
+        ("3bffffffffffffffff", MIN_INT),
+        ("60", ""),
+        ("62c3a9", "é"),
+        ("f4", None),  # false
+        ("f5", None),  # true
+        ("f6", None),  # null
+        ("4100", None),  # bytes
+        ("80", None),  # array
+        ("a0", None),  # map
+    ],
+)
+def test_map_keys_are_integers_or_text(key: str, accepted: wire.Key | None) -> None:
+    data = bytes.fromhex("a1" + key + "00")
+    if accepted is None:
+        with pytest.raises(WireError, match="map keys must be integers or text"):
+            wire.decode(data)
+    else:
+        assert same(wire.decode(data), {accepted: 0})
+
+
+@pytest.mark.parametrize(
     ("value", "why"),
     [
         (1.5, "float"),
