@@ -314,13 +314,15 @@ def as_map(
     """`value` as a text-keyed map with exactly the allowed keys."""
     if not isinstance(value, dict):
         raise WireError(f"{what} must be a map")
-    keys = set(value)
-    missing = set(required) - keys
-    if missing:
-        raise WireError(f"{what} lacks field(s) {', '.join(sorted(missing))}")
-    unknown = keys - set(required) - set(optional)
-    if unknown:
-        raise WireError(f"{what} has unknown field(s) {', '.join(sorted(map(str, unknown)))}")
+    keys = value.keys()
+    # Exactly the required fields (the usual case) needs no set arithmetic.
+    if keys != required:
+        missing = set(required) - keys
+        if missing:
+            raise WireError(f"{what} lacks field(s) {', '.join(sorted(missing))}")
+        unknown = keys - set(required) - set(optional)
+        if unknown:
+            raise WireError(f"{what} has unknown field(s) {', '.join(sorted(map(str, unknown)))}")
     return {str(k): v for k, v in value.items()}
 
 

@@ -200,6 +200,48 @@ def test_encode_refuses_what_the_schema_cannot_carry(value: object, why: str) ->
         wire.encode(value)  # type: ignore[arg-type]
 
 
+def as_map_as_first_written(
+    value: wire.Value, what: str, *, required: Iterable[str], optional: Iterable[str] = ()
+) -> dict[str, wire.Value]:
+    """wire.as_map before its fast path for exactly the required fields."""
+    if not isinstance(value, dict):
+        raise WireError(f"{what} must be a map")
+    keys = set(value)
+    missing = set(required) - keys
+    if missing:
+        raise WireError(f"{what} lacks field(s) {', '.join(sorted(missing))}")
+    unknown = keys - set(required) - set(optional)
+    if unknown:
+        raise WireError(f"{what} has unknown field(s) {', '.join(sorted(map(str, unknown)))}")
+    return {str(k): v for k, v in value.items()}
+
+
+field_names = st.sampled_from(["a", "b", "c", "d"])
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.dictionaries(st.one_of(field_names, st.integers(0, 2), st.booleans()), st.integers()),
+    st.sets(field_names),
+    st.sets(field_names),
+    st.sampled_from([set, frozenset, sorted, tuple]),
+)
+def test_as_map_decides_as_first_written(
+    value: dict[wire.Key, wire.Value],
+    required: set[str],
+    optional: set[str],
+    collection: Callable[[set[str]], Iterable[str]],
+) -> None:
+    def outcome(fn: Callable[..., dict[str, wire.Value]]) -> object:
+        try:
+            result = fn(value, "thing", required=collection(required), optional=optional)
+        except WireError as exc:
+            return str(exc)
+        return [(type(k), k, v) for k, v in result.items()]
+
+    assert outcome(wire.as_map) == outcome(as_map_as_first_written)
+
+
 def test_schema_helpers() -> None:
     m = wire.as_map({"a": 1, "b": b"xy"}, "thing", required={"a"}, optional={"b"})
     assert wire.field_int(m, "a", "thing", lo=0, hi=5) == 1
