@@ -68,6 +68,10 @@ class WireUsageError(Exception):
 # --- encoding ---------------------------------------------------------------
 
 
+# Exact types that are valid at any depth the limit allows.
+_PLAIN_LEAVES = frozenset({str, bytes, bool, type(None)})
+
+
 def _check_encodable(value: object, depth: int) -> None:
     if depth > MAX_DEPTH:
         raise WireUsageError(f"value nests deeper than {MAX_DEPTH} levels")
@@ -77,12 +81,21 @@ def _check_encodable(value: object, depth: int) -> None:
         if not MIN_INT <= value <= MAX_INT:
             raise WireUsageError(f"integer {value} does not fit in 64 bits")
         return
+    # Most children are leaves that cannot fail: they are checked inline,
+    # without a call each (`encode` runs for every frame sent).
     if isinstance(value, list):
         for item in value:
-            _check_encodable(item, depth + 1)
+            if depth >= MAX_DEPTH or type(item) not in _PLAIN_LEAVES:
+                _check_encodable(item, depth + 1)
         return
     if isinstance(value, dict):
         for k, v in value.items():
+            if (
+                depth < MAX_DEPTH
+                and type(k) is str
+                and (type(v) in _PLAIN_LEAVES or (type(v) is int and MIN_INT <= v <= MAX_INT))
+            ):
+                continue
             if isinstance(k, bool) or not isinstance(k, (int, str)):
                 raise WireUsageError(f"map keys are int or str, not {type(k).__name__}")
             _check_encodable(k, depth + 1)

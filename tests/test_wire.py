@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from p2pdm import wire
+from p2pdm.envelope import MessageKind
 from p2pdm.wire import MAX_DEPTH, MAX_INT, MIN_INT, WireError, WireUsageError
 
 from .hostile_cbor import HOSTILE
@@ -240,6 +241,68 @@ def test_as_map_decides_as_first_written(
         return [(type(k), k, v) for k, v in result.items()]
 
     assert outcome(wire.as_map) == outcome(as_map_as_first_written)
+
+
+def check_as_first_written(value: object, depth: int = 0) -> None:
+    """wire's _check_encodable before it checked plain leaves inline."""
+    if depth > MAX_DEPTH:
+        raise WireUsageError(f"value nests deeper than {MAX_DEPTH} levels")
+    if value is None or isinstance(value, (bool, bytes, str)):
+        return
+    if isinstance(value, int):
+        if not MIN_INT <= value <= MAX_INT:
+            raise WireUsageError(f"integer {value} does not fit in 64 bits")
+        return
+    if isinstance(value, list):
+        for item in value:
+            check_as_first_written(item, depth + 1)
+        return
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if isinstance(k, bool) or not isinstance(k, (int, str)):
+                raise WireUsageError(f"map keys are int or str, not {type(k).__name__}")
+            check_as_first_written(k, depth + 1)
+            check_as_first_written(v, depth + 1)
+        return
+    raise WireUsageError(f"{type(value).__name__} cannot be encoded (allowed: {wire._ALLOWED})")
+
+
+# Valid and invalid leaves and keys, nested to around the depth limit.
+any_leaves = st.one_of(
+    scalars,
+    st.sampled_from([MIN_INT - 1, MAX_INT + 1, 1.5, (1,), bytearray(b"x"), MessageKind.TEXT]),
+)
+any_keys = st.one_of(keys, st.sampled_from([True, None, b"k", MAX_INT + 1, MessageKind.TEXT]))
+
+
+@st.composite
+def nested_anything(draw: st.DrawFn) -> object:
+    value = draw(
+        st.recursive(
+            any_leaves,
+            lambda inner: st.one_of(
+                st.lists(inner, max_size=4), st.dictionaries(any_keys, inner, max_size=4)
+            ),
+            max_leaves=12,
+        )
+    )
+    for _ in range(draw(st.sampled_from([0, 0, MAX_DEPTH - 2, MAX_DEPTH - 1, MAX_DEPTH]))):
+        value = draw(st.sampled_from([[value], {"k": value}, {1: value}]))
+    return value
+
+
+@settings(max_examples=1000, deadline=None)
+@given(nested_anything())
+def test_encode_refuses_what_it_refused_as_first_written(value: object) -> None:
+    def outcome(check: Callable[[], object]) -> str | None:
+        try:
+            check()
+        except WireUsageError as exc:
+            return str(exc)
+        return None
+
+    expected = outcome(lambda: check_as_first_written(value))
+    assert outcome(lambda: wire.encode(value)) == expected  # type: ignore[arg-type]
 
 
 def test_schema_helpers() -> None:
