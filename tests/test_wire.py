@@ -291,7 +291,7 @@ def nested_anything(draw: st.DrawFn) -> object:
     return value
 
 
-@settings(max_examples=1000, deadline=None)
+@settings(max_examples=400, deadline=None)
 @given(nested_anything())
 def test_encode_refuses_what_it_refused_as_first_written(value: object) -> None:
     def outcome(check: Callable[[], object]) -> str | None:
@@ -344,7 +344,7 @@ def canonical_order(keys: Iterable[str]) -> list[str]:
     return sorted(keys, key=lambda k: (len(cbor2.dumps(k)), cbor2.dumps(k)))
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(st.dictionaries(st.text(max_size=10), field_values, max_size=8), st.data())
 def test_encode_fields_makes_the_bytes_encode_makes(
     fields: dict[str, wire.Value], data: st.DataObject
