@@ -22,6 +22,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode
 
+# Re-exported: callers import the errors from here.
+from p2pdm.apierrors import ApiClientError as ApiClientError
+from p2pdm.apierrors import ApiRequestError as ApiRequestError
+from p2pdm.apierrors import ApiUnavailable as ApiUnavailable
+from p2pdm.apierrors import EventStreamEnded as EventStreamEnded
+
 if TYPE_CHECKING:
     from collections.abc import Iterator
     from types import TracebackType
@@ -32,28 +38,6 @@ MAX_STREAM_HEAD = 16 * 1024
 # One event (or a chunk-size line) never comes near this; past it the answer is not ours.
 MAX_EVENT_BYTES = 4 * 1024 * 1024
 RECV_SIZE = 64 * 1024
-
-
-class ApiClientError(Exception):
-    """Base of the errors this client raises."""
-
-
-class ApiUnavailable(ApiClientError):
-    """No node answers on the socket, or the connection to it was lost."""
-
-
-class EventStreamEnded(ApiUnavailable):
-    """The node ended the event stream (it is shutting down, usually)."""
-
-
-class ApiRequestError(ApiClientError):
-    """The node answered with an error status (502: an answer that is not its API's)."""
-
-    def __init__(self, status: int, message: str, hint: str | None = None) -> None:
-        super().__init__(f"{message} ({hint})" if hint else message)
-        self.status = status
-        self.message = message
-        self.hint = hint
 
 
 def _no_node(home: Path) -> ApiUnavailable:

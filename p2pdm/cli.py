@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from p2pdm import __version__
-from p2pdm.apiclient import ApiRequestError, ApiUnavailable, EventStreamEnded
+from p2pdm.apierrors import ApiRequestError, ApiUnavailable, EventStreamEnded
 from p2pdm.config import (
     API_SOCKET_NAME,
     KEY_FILE_NAME,
