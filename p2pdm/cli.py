@@ -29,7 +29,6 @@ from p2pdm.config import (
     resolve_home,
     write_initial_config,
 )
-from p2pdm.daemon import DaemonError
 from p2pdm.display import visible
 from p2pdm.identity import (
     Identity,
@@ -42,7 +41,6 @@ from p2pdm.identity import (
     write_key_file,
 )
 from p2pdm.settings import parse_duration
-from p2pdm.transport import limits_with, parse_address
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -121,6 +119,8 @@ def _unlock(home: Path) -> Identity:
 def _addresses(
     values: list[str], what: str, default_port: int | None
 ) -> tuple[tuple[str, int], ...]:
+    from p2pdm.transport import parse_address  # see cmd_run
+
     out = []
     for value in values:
         try:
@@ -143,9 +143,12 @@ def _clock_offset_ms(seconds: object) -> int:
 
 
 def cmd_run(home: Path, args: argparse.Namespace) -> int:
-    from p2pdm.daemon import run_daemon
+    # Imported here, not at the top: the other commands start faster without
+    # trio and the node.
+    from p2pdm.daemon import DaemonError, run_daemon
     from p2pdm.files import DEFAULT_RELAYED_SIZE, MAX_RELAYED_SIZE
     from p2pdm.node import DEFAULT_PORT, DEFAULT_TTL_MS, MAX_TTL_MS, NodeConfig
+    from p2pdm.transport import limits_with
 
     conf = load_config(home)
     level = (args.log_level or str(conf.get("log_level", "info"))).upper()
@@ -196,7 +199,10 @@ def cmd_run(home: Path, args: argparse.Namespace) -> int:
         ),
     )
     identity = _unlock(home)
-    return run_daemon(config, identity)
+    try:
+        return run_daemon(config, identity)
+    except DaemonError as exc:
+        raise CliError(str(exc)) from None
 
 
 # --- commands that talk to the running node ---------------------------------
@@ -810,9 +816,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except IdentityError as exc:
         print(f"p2pdm: {exc}", file=sys.stderr)
         return EXIT_USAGE if args.command == "safety-number" else EXIT_FAILED
-    except DaemonError as exc:
-        print(f"p2pdm: {exc}", file=sys.stderr)
-        return EXIT_FAILED
     except ApiUnavailable as exc:
         print(f"p2pdm: {exc}", file=sys.stderr)
         return EXIT_FAILED
