@@ -16,8 +16,10 @@ import of `p2pdm.cli` and `p2pdm.daemon` (all that `run` loads), and a bare
 interpreter's start (`python -c pass`), the floor under every figure here.
 Median, min and max of each.
 
-Python writes no bytecode cache when PYTHONDONTWRITEBYTECODE is set; then
-every launch compiles p2pdm's modules anew, and the script says so.
+Python writes no bytecode cache when PYTHONDONTWRITEBYTECODE is set, and an
+editable install compiles nothing: then every launch compiles p2pdm's
+modules anew (about 130 ms here), and the script says so. Run it with that
+variable unset to see start-up with a cache, as a regular install has.
 """
 
 from __future__ import annotations
