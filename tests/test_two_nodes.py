@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 import time
 from typing import TYPE_CHECKING
 
@@ -122,6 +124,25 @@ def test_commands_without_a_node_say_so(tmp_path: Path) -> None:
         result = cli(tmp_path / "a", *args)
         assert result.returncode == 1, args
         assert "no node is running" in result.stderr
+
+
+def loaded(*modules: str) -> set[str]:
+    """Of trio, http.client and p2pdm.node: those a fresh interpreter loads with `modules`."""
+    code = (
+        f"import sys, {', '.join(modules)}; "
+        "print(*(m for m in ('trio', 'http.client', 'p2pdm.node') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=DEADLINE
+    ).stdout
+    return set(out.split())
+
+
+def test_start_up_loads_only_what_the_command_needs() -> None:
+    # Start-up time: the commands that talk to a node need neither trio nor
+    # the node, and `run` does not need the API client's http.client.
+    assert loaded("p2pdm.cli") == set()
+    assert loaded("p2pdm.cli", "p2pdm.daemon") == {"trio", "p2pdm.node"}
 
 
 def test_sigterm_stops_within_five_seconds(tmp_path: Path) -> None:
