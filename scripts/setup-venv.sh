@@ -11,3 +11,7 @@ fi
 spec="$repo"
 [ -n "${1:-}" ] && spec="$repo[$1]"
 "$repo/.venv/bin/python" -m pip install -q -e "$spec"
+# pip compiles an installed package's modules; an editable install does not.
+# Compile ours the same way, so that a node does not spend ~130 ms compiling
+# at every start where Python writes no bytecode cache.
+"$repo/.venv/bin/python" -m compileall -q "$repo/p2pdm"
