@@ -3,7 +3,7 @@
     .venv/bin/python scripts/bench.py [--quick] [--only direct,crypto,...]
         [--json docs/bench.json] [--markdown docs/BENCHMARKS.md]
 
-Runs each bench script of this folder (crypto, direct, relay, search,
+Runs each bench script of this folder (crypto, start-up, direct, relay, search,
 discovery, the mesh simulation, the LXMF comparison, files when present)
 as its own process with `--json`, repeats those that are cheap, and
 reports every figure as the median over all samples with min and max.
@@ -55,6 +55,7 @@ class Suite:
 
 SUITES = [
     Suite("crypto", "bench_crypto.py", ("--seconds", "1"), ("--seconds", "0.3"), 5, 3),
+    Suite("startup", "bench_startup.py", ("--runs", "20"), ("--runs", "5")),
     Suite(
         "direct",
         "bench_direct.py",
@@ -100,6 +101,12 @@ LABELS: dict[str, tuple[str, str]] = {
     "crypto.handshake_us": ("Noise XX handshake, both sides", "µs"),
     "crypto.sender_ceiling_per_s": ("sender crypto ceiling, one core", "msgs/s"),
     "crypto.receiver_ceiling_per_s": ("receiver crypto ceiling, one core", "msgs/s"),
+    "startup.listen_ms": ("start-up: launch to port listening", "ms"),
+    "startup.api_ms": ("start-up: launch to API answering", "ms"),
+    "startup.import_run_ms": ("start-up: importing what `run` loads", "ms"),
+    "startup.import_cli_ms": ("start-up: importing what a client command loads", "ms"),
+    "startup.interpreter_ms": ("start-up: a bare interpreter's start", "ms"),
+    "startup.first_launch_api_ms": ("start-up: first launch (new store) to API", "ms"),
     "direct.accepted_per_s": ("direct: texts accepted by A's API", "msgs/s"),
     "direct.inbox_per_s": ("direct: committed in B's inbox", "msgs/s"),
     "direct.receipts_per_s": ("direct: receipts back at A", "msgs/s"),
