@@ -334,9 +334,9 @@ class BatchContext:
     vanishing: bool = False
     """A disappearing text was stored: the vanish timer may need to be sooner."""
     timers: dict[NodeId, int] = field(default_factory=dict)
-    early_targets: set[bytes] | None = None
-    """Ids stored in this batch that changes may have overtaken (None: not known)."""
     """Conversation timers set in this batch: the node's copy takes them once committed."""
+    early_targets: set[bytes] | None = None
+    """Ids stored in this run of pushes that changes may have overtaken (None: not known)."""
 
     def accepts(self, store: Store, peer: NodeId) -> bool:
         if peer not in self.accepted:
@@ -380,6 +380,10 @@ class Committer:
             await send_soon(self._send, op)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             self._finish(op, "the node stopped before this was stored")
+        except trio.Cancelled:
+            # A cancelled send queued nothing: forget the op (and its envelope).
+            self._waiting.discard(op)
+            raise
         return op
 
     async def run(self) -> None:
@@ -858,6 +862,7 @@ class IncomingPush(Op):
         )
         for (op, _), result in zip(members, results, strict=True):
             op._settle(result, store, ctx)
+        ctx.early_targets = None  # it covered this run's direct messages only
 
     def _from_member(self, store: Store, ctx: BatchContext) -> bool:
         """A group message is taken only from a member of a group we are in.

@@ -9,7 +9,7 @@ import pytest
 import trio
 import trio.testing
 
-from p2pdm.node import BatchContext, EventHub, Node, Op, PeerLink, peer_fault
+from p2pdm.node import BatchContext, EventHub, MarkRead, Node, Op, PeerLink, peer_fault
 from p2pdm.session import SessionError, SessionUsageError
 from p2pdm.store import OutboxState, Store, StoreError
 from p2pdm.transport import ConnectionClosed
@@ -337,3 +337,18 @@ async def test_a_send_waiting_when_the_node_stops_is_told_it_was_not_stored(
     assert isinstance(result, StoreError)
     assert "stopped before this was stored" in str(result)
     assert node.store.outbox() == []
+
+
+async def test_a_cancelled_submit_leaves_nothing_waiting(tmp_path: Path) -> None:
+    """A submit cancelled while the committer's queue is full queued nothing:
+    the committer must not keep the op (and its envelope) until the node stops."""
+    node = make_node(tmp_path, "a")  # not running: its committer's queue only fills
+    committer = node.committer
+    queue = committer._send.statistics()
+    for _ in range(queue.max_buffer_size):
+        await committer.submit(MarkRead([], None))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(committer.submit, MarkRead([], None))
+        await trio.testing.wait_all_tasks_blocked()  # that submit waits for room
+        nursery.cancel_scope.cancel()
+    assert len(committer._waiting) == queue.max_buffer_size

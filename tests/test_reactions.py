@@ -9,7 +9,7 @@ import trio
 
 from p2pdm import envelope
 from p2pdm.envelope import MessageKind
-from p2pdm.node import IncomingPush
+from p2pdm.node import IncomingPush, MarkRead
 from tests.test_files import start, start_pair
 from tests.test_relay import Home, until
 
@@ -111,6 +111,40 @@ async def test_an_edit_that_overtakes_its_text_applies_when_the_text_comes(
             for seq, kind in enumerate((MessageKind.EDIT, MessageKind.TEXT)):
                 op = IncomingPush(a_home.id, seq, by_kind[kind])
                 await b.committer.submit(op)
+                await op.done.wait()
+            await until(b_events, ("message", {"id": mid.hex()}), ("edited", {"text": "final"}))
+            assert view(b, a_home.id)[mid] == ("final", True, {})
+            nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("split", [False, True], ids=["one run", "split by another op"])
+@pytest.mark.parametrize(
+    "order",
+    [(MessageKind.EDIT, MessageKind.TEXT), (MessageKind.TEXT, MessageKind.EDIT)],
+    ids=["edit first", "text first"],
+)
+async def test_an_edit_and_its_text_in_one_batch_apply_in_either_order(
+    tmp_path: Path, order: tuple[MessageKind, MessageKind], split: bool
+) -> None:
+    """Both queued before the committer runs, so one batch takes them; with
+    another kind of op between them, the pushes make two runs of it."""
+    a_home, b_home = Home(tmp_path, "a"), Home(tmp_path, "b")
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as nursery:
+            a = await start(nursery, a_home)
+            [mid] = await a.send_texts(b_home.id, ["first draft"])
+            await a.change_own_text(mid, "final")
+            by_kind = {row.kind: row.envelope for row in a.store.outbox()}
+            b = await start(nursery, b_home)
+            b_events = b.events.subscribe()
+            ops = []
+            for seq, kind in enumerate(order):
+                op = IncomingPush(a_home.id, seq, by_kind[kind])
+                await b.committer.submit(op)
+                ops.append(op)
+                if split and seq == 0:
+                    await b.committer.submit(MarkRead([], None))
+            for op in ops:
                 await op.done.wait()
             await until(b_events, ("message", {"id": mid.hex()}), ("edited", {"text": "final"}))
             assert view(b, a_home.id)[mid] == ("final", True, {})
