@@ -95,39 +95,18 @@ async def test_a_node_offline_at_the_edit_gets_it_through_a_relay(tmp_path: Path
             nursery.cancel_scope.cancel()
 
 
-async def test_an_edit_that_overtakes_its_text_applies_when_the_text_comes(
-    tmp_path: Path,
-) -> None:
-    a_home, b_home = Home(tmp_path, "a"), Home(tmp_path, "b")
-    with trio.fail_after(DEADLINE):
-        async with trio.open_nursery() as nursery:
-            a = await start(nursery, a_home)
-            [mid] = await a.send_texts(b_home.id, ["first draft"])
-            await a.change_own_text(mid, "final")
-            by_kind = {row.kind: row.envelope for row in a.store.outbox()}
-            b = await start(nursery, b_home)
-            b_events = b.events.subscribe()
-            # Relays may deliver out of order: the edit comes first.
-            for seq, kind in enumerate((MessageKind.EDIT, MessageKind.TEXT)):
-                op = IncomingPush(a_home.id, seq, by_kind[kind])
-                await b.committer.submit(op)
-                await op.done.wait()
-            await until(b_events, ("message", {"id": mid.hex()}), ("edited", {"text": "final"}))
-            assert view(b, a_home.id)[mid] == ("final", True, {})
-            nursery.cancel_scope.cancel()
-
-
-@pytest.mark.parametrize("split", [False, True], ids=["one run", "split by another op"])
+@pytest.mark.parametrize("batching", ["two batches", "one batch", "one batch, two runs"])
 @pytest.mark.parametrize(
     "order",
     [(MessageKind.EDIT, MessageKind.TEXT), (MessageKind.TEXT, MessageKind.EDIT)],
     ids=["edit first", "text first"],
 )
-async def test_an_edit_and_its_text_in_one_batch_apply_in_either_order(
-    tmp_path: Path, order: tuple[MessageKind, MessageKind], split: bool
+async def test_an_edit_applies_whichever_of_it_and_its_text_comes_first(
+    tmp_path: Path, order: tuple[MessageKind, MessageKind], batching: str
 ) -> None:
-    """Both queued before the committer runs, so one batch takes them; with
-    another kind of op between them, the pushes make two runs of it."""
+    """Relays may deliver out of order. Two batches: each push is committed
+    before the next. One batch: both are queued before the committer runs;
+    with another kind of op between them, they make two runs of it."""
     a_home, b_home = Home(tmp_path, "a"), Home(tmp_path, "b")
     with trio.fail_after(DEADLINE):
         async with trio.open_nursery() as nursery:
@@ -142,7 +121,9 @@ async def test_an_edit_and_its_text_in_one_batch_apply_in_either_order(
                 op = IncomingPush(a_home.id, seq, by_kind[kind])
                 await b.committer.submit(op)
                 ops.append(op)
-                if split and seq == 0:
+                if batching == "two batches":
+                    await op.done.wait()
+                elif batching == "one batch, two runs" and seq == 0:
                     await b.committer.submit(MarkRead([], None))
             for op in ops:
                 await op.done.wait()
