@@ -846,8 +846,12 @@ class IncomingPush(Op):
             [(msg, op.data) for op, msg in direct], ctx.now_ms, strangers=strangers
         )
         # One query for the whole batch, not one per message: changes that
-        # came first are rare. Group rows stored below refer to shared ids.
-        ctx.early_targets = store.changed_before([msg.message_id for _, msg in direct])
+        # came first are rare. Only texts and files look for them (receipts,
+        # the bulk of a sender's batches, do not); group rows stored below
+        # refer to shared ids.
+        ctx.early_targets = store.changed_before(
+            [m.message_id for _, m in direct if m.kind in (MessageKind.TEXT, MessageKind.FILE)]
+        )
         outcome = {id(op): result for (op, _), result in zip(direct, results, strict=True)}
         for op in pushes:
             if op.for_relay is not None:

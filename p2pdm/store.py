@@ -1596,15 +1596,7 @@ class Store:
     @_db
     def file_offer_ids(self, message_ids: Sequence[bytes]) -> set[bytes]:
         """Which of these are file offers we sent."""
-        found: set[bytes] = set()
-        for chunk, marks in _id_chunks(list(message_ids)):
-            rows = self._c().execute(
-                f"SELECT message_id FROM outbox WHERE kind = {FILE_KIND}"
-                f" AND message_id IN ({marks})",
-                chunk,
-            )
-            found.update(bytes(r[0]) for r in rows)
-        return found
+        return self._ids_in(self._c(), "outbox", list(message_ids), f"kind = {FILE_KIND}")
 
     @_db
     def change_group_text(
@@ -1711,15 +1703,8 @@ class Store:
     def changed_before(self, targets: Sequence[bytes]) -> set[bytes]:
         """Those of `targets` that reactions, edits or unsends are waiting for
         (from anyone): `early_changes` finds nothing for the others."""
-        found: set[bytes] = set()
-        for chunk, marks in _id_chunks(targets):
-            rows = self._c().execute(
-                f"SELECT DISTINCT ref FROM inbox WHERE ref IN ({marks})"
-                f" AND kind IN ({REACTION_KIND}, {EDIT_KIND}, {DELETE_KIND})",
-                chunk,
-            )
-            found.update(bytes(r[0]) for r in rows)
-        return found
+        changes = f"kind IN ({REACTION_KIND}, {EDIT_KIND}, {DELETE_KIND})"
+        return self._ids_in(self._c(), "inbox", targets, changes, column="ref")
 
     @_db
     def purge_unmatched(self, now_ms: int) -> int:
@@ -2364,14 +2349,18 @@ class Store:
 
     @staticmethod
     def _ids_in(
-        conn: sqlite3.Connection, table: str, ids: Sequence[bytes], where: str = "1"
+        conn: sqlite3.Connection,
+        table: str,
+        ids: Sequence[bytes],
+        where: str = "1",
+        column: str = "message_id",
     ) -> set[bytes]:
-        """Which of `ids` the table (keyed by message_id) holds, in rows that
-        also meet `where` (a constant SQL condition)."""
+        """Which of `ids` the table holds in `column`, in rows that also meet
+        `where` (a constant SQL condition)."""
         found: set[bytes] = set()
         for chunk, marks in _id_chunks(ids):
             rows = conn.execute(
-                f"SELECT message_id FROM {table} WHERE message_id IN ({marks}) AND {where}", chunk
+                f"SELECT {column} FROM {table} WHERE {column} IN ({marks}) AND {where}", chunk
             )
             found.update(bytes(r[0]) for r in rows)
         return found

@@ -41,17 +41,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import p2pdm
 from p2pdm.apiclient import ApiUnavailable
 from scripts import figures
-from tests.nodeproc import DEADLINE, NodeProcess, init_home
+from tests.nodeproc import DEADLINE, NodeProcess, free_port, init_home
 
 POLL = 0.001
 # Timed inside the interpreter, so without its own start-up.
 TIMED_IMPORT = "import time; t = time.perf_counter(); import {}; print(time.perf_counter() - t)"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def watch(node: NodeProcess, port: int, seen: dict[str, float], stop: threading.Event) -> None:

@@ -78,7 +78,6 @@ import json
 import os
 import queue
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -93,7 +92,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from scripts import figures
 from scripts.bench_direct import cpu_times, pump, rss_kib
-from tests.nodeproc import NodeProcess, init_home
+from tests.nodeproc import NodeProcess, free_port, init_home
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -148,12 +147,6 @@ def parse_text(body: object) -> tuple[str, int] | None:
     tag, _, rest = body.partition(":")
     digits = rest.split(".", 1)[0]
     return (tag, int(digits)) if digits.isdigit() else None
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def listening(port: int) -> bool:
